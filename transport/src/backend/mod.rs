@@ -1,0 +1,5 @@
+//! Fabric backends. Each one is a [`crate::Transport`] that moves frames and declares the
+//! capabilities its fabric gives natively; [`crate::open`] puts layers on top for the rest.
+
+pub mod mem;
+pub mod udp;

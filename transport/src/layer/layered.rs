@@ -1,0 +1,198 @@
+//! [`LayeredTransport`]: a [`Stack`] run over a backend, as a [`Transport`].
+//!
+//! Senders lock the stack only to compute frames and hand them to the backend outside the
+//! lock. One pump thread feeds received frames through the stack in batches (one coalesced
+//! ack per peer per batch) and ticks it for retransmissions.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::stack::{Output, Stack};
+use crate::{Capabilities, Counters, Delivery, Dest, NodeId, Stats, Transport, TransportError};
+
+/// Frames taken off the backend per batch before acks are flushed.
+const BATCH: usize = 256;
+
+struct Shared {
+    stack: Mutex<Stack>,
+    backend: Box<dyn Transport>,
+    deliver: Sender<Delivery>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn stack(&self) -> MutexGuard<'_, Stack> {
+        // A panic while holding the lock would be a bug in a layer; the stack's state is
+        // still the best there is, so keep serving rather than poisoning every caller.
+        self.stack.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts frames on the fabric and messages in the inbox. A backend refusal is logged:
+    /// the reliable layer, where present, retransmits; without it the fabric is lossy.
+    fn emit(&self, out: Output, epoch: u64) -> Result<(), TransportError> {
+        let result = self.put_on_wire(out.wire);
+        for (from, bytes) in out.deliver {
+            self.hand_over(Delivery { from, epoch, bytes });
+        }
+        result
+    }
+
+    /// Puts frames on the fabric. A backend refusal is logged: the reliable layer, where
+    /// present, retransmits; without it the fabric is lossy and the caller is told.
+    fn put_on_wire(&self, wire: Vec<(Dest, Bytes)>) -> Result<(), TransportError> {
+        let mut first_err = None;
+        for (dest, frame) in wire {
+            let r = match dest {
+                Dest::Node(n) => self.backend.send(n, frame),
+                Dest::All => self.backend.broadcast(frame),
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "backend refused a frame");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn hand_over(&self, d: Delivery) {
+        // The receiver may be gone while the endpoint shuts down; nothing to do then.
+        let _ = self.deliver.send(d);
+    }
+}
+
+/// A backend with software layers on top; see the [module docs](super).
+pub struct LayeredTransport {
+    shared: Arc<Shared>,
+    inbox: Receiver<Delivery>,
+    caps: Capabilities,
+    local: NodeId,
+    peers: Vec<NodeId>,
+    counters: Arc<Counters>,
+    pump: Option<JoinHandle<()>>,
+}
+
+impl LayeredTransport {
+    /// Runs `stack` over `backend`; [`Transport::stats`] then shows both.
+    pub fn new(backend: Box<dyn Transport>, stack: Stack) -> std::io::Result<LayeredTransport> {
+        let counters = Arc::clone(&stack.counters);
+        let caps = stack.capabilities().clone();
+        let local = backend.local();
+        let peers = backend.peers().to_vec();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            stack: Mutex::new(stack),
+            backend,
+            deliver: tx,
+            stop: AtomicBool::new(false),
+        });
+        let pump_shared = Arc::clone(&shared);
+        let pump = std::thread::Builder::new()
+            .name(format!("weft-stack-{local}"))
+            .spawn(move || pump(&pump_shared))?;
+        Ok(LayeredTransport {
+            shared,
+            inbox: rx,
+            caps,
+            local,
+            peers,
+            counters,
+            pump: Some(pump),
+        })
+    }
+
+    fn send_to(&self, dest: Dest, msg: Bytes) -> Result<(), TransportError> {
+        let mut out = Output::default();
+        let result = self
+            .shared
+            .stack()
+            .send(dest, msg, Instant::now(), &mut out);
+        let emitted = self.shared.emit(out, 0);
+        // Unreliable stacks report the backend's refusal; reliable ones will retransmit.
+        match result {
+            Ok(()) if !self.caps.reliable => emitted,
+            other => other,
+        }
+    }
+}
+
+fn pump(shared: &Shared) {
+    let tick_every = shared.stack().tick_interval();
+    let mut next_tick = Instant::now() + tick_every;
+    let inbox = shared.backend.inbox();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let first = match inbox.recv_timeout(wait) {
+            Ok(d) => Some(d),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut out = Output::default();
+        let mut delivered = Vec::new();
+        {
+            let mut stack = shared.stack();
+            let now = Instant::now();
+            for d in first.into_iter().chain(inbox.try_iter().take(BATCH)) {
+                stack.receive(d.from, d.bytes, now, &mut out);
+                // Deliveries keep the epoch of the frame that completed them.
+                delivered.extend(out.deliver.drain(..).map(|(from, bytes)| Delivery {
+                    from,
+                    epoch: d.epoch,
+                    bytes,
+                }));
+            }
+            if now >= next_tick {
+                stack.tick(now, &mut out);
+                next_tick = now + tick_every;
+            }
+            stack.flush(now, &mut out);
+        }
+        for d in delivered {
+            shared.hand_over(d);
+        }
+        let _ = shared.emit(out, 0);
+    }
+}
+
+impl Drop for LayeredTransport {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(pump) = self.pump.take() {
+            let _ = pump.join();
+        }
+    }
+}
+
+impl Transport for LayeredTransport {
+    fn local(&self) -> NodeId {
+        self.local
+    }
+
+    fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn send(&self, to: NodeId, msg: Bytes) -> Result<(), TransportError> {
+        self.send_to(Dest::Node(to), msg)
+    }
+
+    fn broadcast(&self, msg: Bytes) -> Result<(), TransportError> {
+        self.send_to(Dest::All, msg)
+    }
+
+    fn inbox(&self) -> &Receiver<Delivery> {
+        &self.inbox
+    }
+
+    fn stats(&self) -> Stats {
+        self.counters.snapshot().over(self.shared.backend.stats())
+    }
+}

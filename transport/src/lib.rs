@@ -1,0 +1,69 @@
+//! `weft-transport`: the transport contract that weft's consensus code is written against,
+//! the fabric backends that implement it, and the software layers that add what a fabric
+//! lacks.
+//!
+//! The shape follows libfabric: a backend declares its native [`Capabilities`]; the caller
+//! names the capabilities it needs in [`TransportConfig::require`]; [`open`] stacks software
+//! layers (Ensemble-style, see [`layer`]) for whatever is missing, and fails with
+//! [`OpenError::Unsatisfiable`] naming a capability that can be neither provided nor layered.
+//! Consensus code sees only [`Transport`] and its capabilities, never a backend's name.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = weft_transport::ClusterConfig::load("examples/cluster-udp.toml")?;
+//! let transport = weft_transport::open(&cluster.transport_for(weft_transport::NodeId(1))?)?;
+//! println!("{}", transport.capabilities());
+//! # Ok(()) }
+//! ```
+
+pub mod backend;
+mod capabilities;
+mod config;
+mod error;
+pub mod frame;
+pub mod layer;
+mod node;
+mod open;
+mod stats;
+mod transport_config;
+
+pub use capabilities::{Capabilities, Capability};
+pub use config::ClusterConfig;
+pub use error::{ConfigError, DecodeError, OpenError, TransportError};
+pub use node::{Delivery, Dest, NodeId};
+pub use open::{open, plan_layers};
+pub use stats::{Counters, Stats};
+pub use transport_config::{
+    BackendConfig, ClusterKey, LayerKind, LayerTuning, MemConfig, NodeSpec, TransportConfig,
+    UdpConfig,
+};
+
+use bytes::Bytes;
+
+/// A message-passing endpoint of one cluster member.
+///
+/// Implementations are backends (`mem`, `udp`, ...) or a [`layer::LayeredTransport`] that
+/// wraps one. All methods take `&self` so one endpoint can be shared across threads.
+pub trait Transport: Send + Sync {
+    /// This endpoint's node id.
+    fn local(&self) -> NodeId;
+
+    /// Every other member of the cluster, in ascending id order.
+    fn peers(&self) -> &[NodeId];
+
+    /// What this transport guarantees.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Sends `msg` to one peer. `Ok` means the message was accepted for sending; delivery
+    /// is guaranteed only as far as [`Capabilities::reliable`] says.
+    fn send(&self, to: NodeId, msg: Bytes) -> Result<(), TransportError>;
+
+    /// Sends `msg` to every other member, natively where the fabric broadcasts.
+    fn broadcast(&self, msg: Bytes) -> Result<(), TransportError>;
+
+    /// Messages received for this endpoint, in delivery order.
+    fn inbox(&self) -> &crossbeam_channel::Receiver<Delivery>;
+
+    /// Counters of traffic sent, delivered, dropped and rejected.
+    fn stats(&self) -> Stats;
+}

@@ -1,0 +1,226 @@
+//! The resolved, per-node settings [`crate::open`] builds a transport from.
+//!
+//! A [`crate::ClusterConfig`] (one TOML file per cluster) turns into one of these per member
+//! with [`crate::ClusterConfig::transport_for`]; tests and benches build them directly.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Capability, NodeId};
+
+/// A cluster member and where it listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The member's id.
+    pub id: NodeId,
+    /// Its datagram address (ignored by the `mem` backend).
+    pub addr: SocketAddr,
+}
+
+/// Everything needed to open one member's transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Frames carrying another cluster id are rejected.
+    pub cluster_id: u64,
+    /// The member this transport is for.
+    pub local: NodeId,
+    /// All members, the local one included.
+    pub nodes: Vec<NodeSpec>,
+    /// The fabric.
+    pub backend: BackendConfig,
+    /// Capabilities the caller needs; layers are added for those the backend lacks.
+    pub require: Vec<Capability>,
+    /// Largest message the caller will send; fragmentation is added when the fabric's
+    /// limit is smaller.
+    pub max_message: usize,
+    /// An explicit layer stack, top first, replacing the one derived from `require`.
+    pub layers: Option<Vec<LayerKind>>,
+    /// Take the precomputed fast path for the common message (see [`crate::layer`]).
+    pub fast_path: bool,
+    /// Timers and buffer bounds of the layers.
+    pub tuning: LayerTuning,
+    /// The per-cluster key the `auth` layer needs.
+    pub key: Option<ClusterKey>,
+}
+
+impl TransportConfig {
+    /// The ids of every member except the local one, ascending.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| *id != self.local)
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// Which fabric, with its own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendConfig {
+    /// In-process fabric with seeded fault injection.
+    Mem(MemConfig),
+    /// Real UDP sockets.
+    Udp(UdpConfig),
+}
+
+impl BackendConfig {
+    /// The `kind` name used in config files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Mem(_) => "mem",
+            BackendConfig::Udp(_) => "udp",
+        }
+    }
+}
+
+/// Settings of the `mem` backend: a fabric shared by every endpoint of one cluster id in
+/// this process, and its fault plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemConfig {
+    /// Seed of the fault plan's random choices.
+    pub seed: u64,
+    /// Probability that a frame is lost.
+    pub drop: f64,
+    /// Probability that a frame is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a frame is held back (and so reordered).
+    pub reorder: f64,
+    /// Longest hold-back of a reordered frame, in microseconds.
+    pub max_delay_us: u64,
+    /// Groups of members that can reach each other; empty means no partition.
+    pub partitions: Vec<Vec<NodeId>>,
+    /// Largest frame the fabric carries.
+    pub max_frame: usize,
+}
+
+impl Default for MemConfig {
+    fn default() -> Self {
+        MemConfig {
+            seed: 0,
+            drop: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            max_delay_us: 1000,
+            partitions: Vec::new(),
+            max_frame: 64 * 1024,
+        }
+    }
+}
+
+/// Settings of the `udp` backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpConfig {
+    /// Largest datagram sent, headers included. 1472 fits a 1500-byte Ethernet MTU;
+    /// loopback carries up to 65507.
+    pub max_datagram: usize,
+    /// Requested kernel socket buffer size (send and receive), in bytes.
+    pub socket_buffer: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            max_datagram: 1472,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// The software layers, named as in config files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerKind {
+    /// Splits messages larger than a frame and reassembles them.
+    Fragment,
+    /// Per-sender order, no duplicates.
+    Fifo,
+    /// Acknowledgement and retransmission.
+    Reliable,
+    /// HMAC-SHA256 over every frame with the cluster key.
+    Auth,
+}
+
+impl LayerKind {
+    /// The canonical stack order, top first. A stack must keep this relative order:
+    /// fragments ride on ordered, reliable, authenticated frames.
+    pub const CANONICAL: [LayerKind; 4] = [
+        LayerKind::Fragment,
+        LayerKind::Fifo,
+        LayerKind::Reliable,
+        LayerKind::Auth,
+    ];
+
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Fragment => "fragment",
+            LayerKind::Fifo => "fifo",
+            LayerKind::Reliable => "reliable",
+            LayerKind::Auth => "auth",
+        }
+    }
+}
+
+impl fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Timers and bounds of the layers. The defaults suit a LAN or loopback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerTuning {
+    /// Unacknowledged messages per peer (reliable) and reorder slots per peer (fifo).
+    pub window: usize,
+    /// First retransmission timeout; doubles per retry up to `max_rto`.
+    pub rto: Duration,
+    /// Ceiling of the retransmission timeout.
+    pub max_rto: Duration,
+    /// How long the fifo layer waits for a missing message on a lossy fabric before
+    /// skipping it, and how long an incomplete fragmented message is kept.
+    pub gap_timeout: Duration,
+}
+
+impl Default for LayerTuning {
+    fn default() -> Self {
+        LayerTuning {
+            window: 1024,
+            rto: Duration::from_millis(20),
+            max_rto: Duration::from_secs(1),
+            gap_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The per-cluster secret of the `auth` layer. Its bytes never appear in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey(Vec<u8>);
+
+impl ClusterKey {
+    /// Shortest key accepted, in bytes (128 bits).
+    pub const MIN_LEN: usize = 16;
+
+    /// Wraps raw key bytes; `None` if shorter than [`Self::MIN_LEN`].
+    pub fn new(bytes: Vec<u8>) -> Option<ClusterKey> {
+        (bytes.len() >= Self::MIN_LEN).then_some(ClusterKey(bytes))
+    }
+
+    /// The key bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterKey({} bytes)", self.0.len())
+    }
+}
