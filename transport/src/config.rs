@@ -94,9 +94,9 @@ impl ClusterConfig {
     /// Reads and validates the cluster config file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<ClusterConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }

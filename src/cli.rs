@@ -1,0 +1,171 @@
+//! The command tree of the `weft` binary, as clap derive types.
+//!
+//! Only parsing lives here; each command's behaviour is in its own module
+//! ([`crate::ping`], [`crate::echo`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use weft_transport::NodeId;
+
+/// The command tree, shown after `weft --help`.
+const COMMAND_TREE: &str = "\
+Command tree:
+  weft transport ping   measure round-trip times from one node to its peers
+  weft transport echo   answer pings for one node (the other end of `ping`)
+
+Run `weft <COMMAND> --help` for the options of each.";
+
+/// weft: Raft consensus and learned atomic commit on a pluggable, hardware-aware transport
+/// stack.
+///
+/// Logs go to stderr; set RUST_LOG (for example `RUST_LOG=debug` or
+/// `RUST_LOG=weft=debug,weft_transport=info`) to change what is logged. The default is `info`.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, propagate_version = true, after_help = COMMAND_TREE)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Exercise a cluster's transport directly: measure round trips, answer them.
+    #[command(subcommand)]
+    Transport(TransportCommand),
+}
+
+/// `weft transport ...`
+#[derive(Debug, Subcommand)]
+pub enum TransportCommand {
+    /// Measure round-trip times from one node to its peers.
+    ///
+    /// Sends `--count` pings to each peer one at a time (send, then wait for the echo) after
+    /// `--warmup` unmeasured ones, and prints the RTT distribution per peer, the lost pings,
+    /// and the transport's capabilities and counters. The peers must run
+    /// `weft transport echo`, or pass `--local-peers` to run them in this process.
+    Ping(PingArgs),
+    /// Answer pings for one node until killed (or for `--duration-s`).
+    Echo(EchoArgs),
+}
+
+/// Which cluster, and which member of it this process acts as.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The cluster config file (TOML), for example `examples/cluster-udp.toml`.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The member of the cluster this process acts as.
+    #[arg(long, value_name = "N", value_parser = parse_node_id)]
+    pub node: NodeId,
+}
+
+/// Arguments of `weft transport ping`.
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// Cluster config and local node.
+    #[command(flatten)]
+    pub target: NodeArgs,
+    /// Ping only this peer (default: every other member, one after the other).
+    #[arg(long, value_name = "M", value_parser = parse_node_id)]
+    pub peer: Option<NodeId>,
+    /// Measured pings per peer.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Size of each ping and pong in bytes (at least 9: a kind byte and a u64 sequence
+    /// number, then padding).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub size: usize,
+    /// Unmeasured pings per peer sent first, to warm caches, sockets and layer state.
+    #[arg(long, default_value_t = 500)]
+    pub warmup: u64,
+    /// Run echo responders for every other member inside this process (each on its own
+    /// thread with its own transport), so one command measures loopback round trips.
+    #[arg(long)]
+    pub local_peers: bool,
+    /// How long to wait for each pong before counting the ping as lost, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+    /// Stop pinging a peer after this many pings in a row are lost, and report it as
+    /// unreachable (0: never give up).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub give_up_after: u64,
+}
+
+/// Arguments of `weft transport echo`.
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Cluster config and local node.
+    #[command(flatten)]
+    pub target: NodeArgs,
+    /// Stop after this many seconds (0: run until killed).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub duration_s: u64,
+}
+
+/// Parses a node id as it appears in the cluster config: a plain `u32`.
+fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    s.trim()
+        .parse::<u32>()
+        .map(NodeId)
+        .map_err(|e| format!("`{s}` is not a node id (an unsigned 32-bit number): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ping_defaults() {
+        let cli = Cli::try_parse_from([
+            "weft",
+            "transport",
+            "ping",
+            "--config",
+            "c.toml",
+            "--node",
+            "1",
+        ])
+        .unwrap();
+        let Command::Transport(TransportCommand::Ping(args)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.target.node, NodeId(1));
+        assert_eq!(args.peer, None);
+        assert_eq!(args.count, 10_000);
+        assert_eq!(args.size, 64);
+        assert_eq!(args.warmup, 500);
+        assert!(!args.local_peers);
+        assert_eq!(args.timeout_ms, 2000);
+    }
+
+    #[test]
+    fn rejects_bad_node_ids_and_zero_counts() {
+        for argv in [
+            &["weft", "transport", "echo", "--config", "c", "--node", "x"][..],
+            &["weft", "transport", "echo", "--config", "c", "--node", "-1"][..],
+            &[
+                "weft",
+                "transport",
+                "ping",
+                "--config",
+                "c",
+                "--node",
+                "1",
+                "--count",
+                "0",
+            ][..],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} parsed");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `weft`: the command line of weft, Raft consensus and a learned atomic-commit runtime on a
+//! pluggable, hardware-aware transport stack.
+//!
+//! Today it has the transport tools: `weft transport ping` measures round-trip times over
+//! a cluster's configured transport, and `weft transport echo` answers them. Run
+//! `weft --help` for the command tree.
+
+mod cli;
+mod echo;
+mod latency;
+mod ping;
+mod proto;
+mod report;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, TransportCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::debug!("{err:?}");
+            eprintln!("error: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the message
+/// before it already contains (errors that print their source themselves).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if previous.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+/// Dispatches a parsed command line.
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Transport(TransportCommand::Ping(args)) => ping::run(args),
+        Command::Transport(TransportCommand::Echo(args)) => echo::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_skips_causes_already_printed() {
+        let io = std::io::Error::other("disk on fire");
+        let err = anyhow::Error::new(io)
+            .context("config.toml: cannot read: disk on fire")
+            .context("starting node 1");
+        assert_eq!(
+            error_chain(&err),
+            "starting node 1: config.toml: cannot read: disk on fire"
+        );
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&err), "outer: inner");
+    }
+}
