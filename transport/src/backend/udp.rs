@@ -47,6 +47,26 @@ thread_local! {
     static SEND_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Binds a UDP socket at `addr` with `buffer` bytes of kernel buffer requested each way.
+/// A bind failure names the address, since that is what the user has to change.
+fn bind(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, OpenError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"));
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A refused size is not fatal: the kernel default still works, with more loss in bursts.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into()).map_err(named)?;
+    tracing::debug!(
+        %addr,
+        requested = buffer,
+        recv_buffer = socket.recv_buffer_size().ok(),
+        send_buffer = socket.send_buffer_size().ok(),
+        "udp socket bound"
+    );
+    Ok(socket.into())
+}
+
 /// A cluster member's endpoint over plain UDP.
 ///
 /// Sends go straight to the socket from the caller's thread; a dedicated receive thread
@@ -80,9 +100,8 @@ impl UdpTransport {
     /// `HEADER_LEN + 1 ..= 65507`, and [`OpenError::Io`] if the socket cannot be bound or
     /// the thread cannot be spawned.
     ///
-    /// `udp.socket_buffer` is not applied yet: std has no API for `SO_RCVBUF`/`SO_SNDBUF`
-    /// and the crate avoids a `libc`/`socket2` dependency for it, so the kernel defaults
-    /// hold. Raft tolerates the resulting loss under bursts; the reliable layer retransmits.
+    /// `udp.socket_buffer` is requested for both directions; the kernel may grant less
+    /// (capped by `net.core.rmem_max`), which is logged at `debug`.
     pub fn open(
         cfg: &TransportConfig,
         udp: &UdpConfig,
@@ -111,16 +130,10 @@ impl UdpTransport {
             .ok_or(OpenError::NotAMember(cfg.local))?;
         let peers = cfg.peer_ids();
 
-        let socket = UdpSocket::bind(bind_addr)?;
+        let socket = bind(bind_addr, udp.socket_buffer)?;
         let local_addr = socket.local_addr()?;
         let rx_socket = socket.try_clone()?;
         rx_socket.set_read_timeout(Some(RX_POLL))?;
-        tracing::debug!(
-            node = %cfg.local,
-            addr = %local_addr,
-            requested_socket_buffer = udp.socket_buffer,
-            "udp transport bound (socket buffer sizes left at kernel defaults)"
-        );
 
         let (tx, inbox) = crossbeam_channel::unbounded();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -596,5 +609,17 @@ mod tests {
         assert!(start.elapsed() < WAIT);
         // Both the sending socket and the receive thread's clone are closed.
         UdpSocket::bind(addr).expect("port still held after drop");
+    }
+
+    #[test]
+    fn a_port_in_use_is_an_error_naming_the_address() {
+        let udp = UdpConfig::default();
+        let first = open_all(&[1, 2]);
+        let mut cfg = configs(&[1, 2], &udp).remove(0);
+        cfg.nodes[0].addr = first[0].local_addr();
+        let err = UdpTransport::open(&cfg, &udp, Arc::new(Counters::default()))
+            .expect_err("the port is taken");
+        let text = err.to_string();
+        assert!(text.contains(&first[0].local_addr().to_string()), "{text}");
     }
 }

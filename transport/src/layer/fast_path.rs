@@ -24,21 +24,12 @@ use super::fifo::{Fifo, InOrder};
 use super::fragment::Fragment;
 use super::reliable::Reliable;
 use super::stack::{Output, Stack};
-use crate::{Counters, DecodeError, Dest, LayerKind, NodeId};
+use crate::{Counters, DecodeError, Dest, NodeId};
 
 /// First byte of a compressed frame; no layer uses it as a kind.
 pub const TAG: u8 = 0xFA;
 
 impl Stack {
-    /// The layer a frame reaches first after `auth` (where compressed frames appear).
-    pub(super) fn fast_entry(&self) -> usize {
-        let n = self.layers.len();
-        match self.index_of(LayerKind::Auth) {
-            Some(i) if i + 1 == n => n.saturating_sub(2),
-            _ => n.saturating_sub(1),
-        }
-    }
-
     /// Sends `msg` to `peer` through the bypass if the common case holds; `false` means the
     /// caller must use the full stack (nothing was changed).
     pub(super) fn fast_send(
@@ -73,7 +64,7 @@ impl Stack {
         if let Some(r) = self.reliable() {
             r.record_out(peer, body.clone(), now);
         }
-        match self.index_of(LayerKind::Auth) {
+        match self.auth_at {
             Some(auth) => self.run_down(auth, Dest::Node(peer), body, now, out),
             None => out.wire.push((Dest::Node(peer), body)),
         }
@@ -115,8 +106,7 @@ impl Stack {
             out.deliver.push((from, payload));
         } else {
             let full = self.expand(at, &payload);
-            let entry = self.fast_entry();
-            self.run_up(entry, from, full, now, out);
+            self.run_up(self.fast_entry, from, full, now, out);
         }
     }
 

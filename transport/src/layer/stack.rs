@@ -229,8 +229,13 @@ impl StackBuilder {
         let per_peer = has(LayerKind::Fifo) || has(LayerKind::Reliable);
         let tick_every = (t.rto.min(t.gap_timeout) / 4)
             .clamp(Duration::from_millis(1), Duration::from_millis(50));
+        // Compressed frames appear at the first layer above `auth` (which is always last).
+        let auth_at = kinds.iter().position(|k| *k == LayerKind::Auth);
+        let fast_entry = auth_at.unwrap_or(kinds.len()).saturating_sub(1);
         Ok(Stack {
             fast: self.fast_path && per_peer,
+            auth_at,
+            fast_entry,
             layers,
             caps,
             local: self.local,
@@ -246,6 +251,10 @@ impl StackBuilder {
 pub struct Stack {
     pub(super) layers: Vec<AnyLayer>,
     pub(super) fast: bool,
+    /// Where `auth` sits (always at the bottom), if present.
+    pub(super) auth_at: Option<usize>,
+    /// The layer index where compressed frames arrive.
+    pub(super) fast_entry: usize,
     caps: Capabilities,
     local: NodeId,
     peers: Vec<NodeId>,
@@ -291,10 +300,6 @@ impl Stack {
     /// The other members, ascending.
     pub fn peers(&self) -> &[NodeId] {
         &self.peers
-    }
-
-    pub(super) fn index_of(&self, kind: LayerKind) -> Option<usize> {
-        self.layer_kinds().iter().position(|k| *k == kind)
     }
 
     pub(super) fn fifo(&mut self) -> Option<&mut Fifo> {
@@ -428,7 +433,7 @@ impl Stack {
         now: Instant,
         out: &mut Output,
     ) {
-        if self.fast && i == self.fast_entry() && frame.first() == Some(&super::fast_path::TAG) {
+        if self.fast && i == self.fast_entry && frame.first() == Some(&super::fast_path::TAG) {
             self.fast_receive(from, frame, now, out);
             return;
         }
