@@ -1,9 +1,32 @@
-//! `weft-raft`: Raft consensus for weft.
+//! `weft-raft`: Raft consensus for weft, as a pure state machine.
 //!
-//! This crate will hold Raft as a pure, sans-I/O state machine in the style of raft-rs and
-//! etcd/raft (`RawNode::step`, `tick`, `propose`, and a `Ready` hand-off), the node runtime
-//! that drives it over a [`weft_transport::Transport`], the write-ahead log and snapshots,
-//! the key-value state machine, and the TCP + MessagePack client protocol.
+//! The core is sans-I/O in the style of raft-rs and etcd/raft: no threads, no clock, no
+//! disk and no sockets inside. [`RawNode`] takes ticks, messages and proposals and hands out
+//! a [`Ready`]: what to persist, what to send, what is committed. The runtime that drives it
+//! over a [`weft_transport::Transport`] owns all I/O; the deterministic simulator in
+//! [`sim`] drives the very same code under a seeded network, clock and storage.
 //!
-//! It sees only the transport contract and its [`weft_transport::Capabilities`], never a
-//! backend by name. Nothing is implemented yet: the Raft-core issue lands it.
+//! Implemented: elections with randomized timeouts, pre-vote and check-quorum; replication
+//! with batching, pipelining and term-skipping backtracking; the current-term commit rule
+//! (Figure 8); snapshots sent in chunks; membership changes through joint consensus with
+//! learners; leadership transfer; ReadIndex and lease reads; and ordered elections on
+//! fabrics whose [`weft_transport::Capabilities`] report `total_order` and `barrier`.
+
+mod config;
+pub mod log;
+mod message;
+pub mod progress;
+pub mod quorum;
+mod raft;
+mod raw_node;
+pub mod sim;
+mod types;
+
+pub use config::{Config, ConfigError};
+pub use message::{Body, DecodeError, Message};
+pub use raft::{ProposeError, ReadState, Role};
+pub use raw_node::{Persisted, RawNode, Ready, SoftState};
+pub use types::{
+    Change, Entry, HardState, Index, Membership, MembershipChange, NodeId, Payload, Snapshot,
+    SnapshotMeta, Term,
+};

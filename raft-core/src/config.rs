@@ -1,0 +1,88 @@
+//! Settings of one Raft node, validated before use.
+
+use weft_transport::Capabilities;
+
+use crate::types::NodeId;
+
+/// How one node runs Raft. Times are in ticks: the runtime decides how long a tick is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// A follower that hears no leader for a random time in `[election_tick,
+    /// 2 * election_tick)` ticks campaigns.
+    pub election_tick: u32,
+    /// A leader sends heartbeats every `heartbeat_tick` ticks; must be below
+    /// `election_tick`.
+    pub heartbeat_tick: u32,
+    /// Most entries in one append message (rafty: 100).
+    pub max_entries_per_append: usize,
+    /// Most bytes of entries in one append message (at least one entry is always sent).
+    pub max_bytes_per_append: usize,
+    /// Appends in flight per follower while replicating (pipelining).
+    pub max_inflight: usize,
+    /// Ask "would you vote for me?" before disrupting a cluster with a new term.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum for an election timeout steps down, and
+    /// voters that heard from a leader recently refuse to vote (leader lease).
+    pub check_quorum: bool,
+    /// Serve reads from the leader's lease instead of a heartbeat round (requires
+    /// `check_quorum`; assumes bounded clock drift between nodes).
+    pub lease_reads: bool,
+    /// The fabric delivers messages in one total order with barrier epochs: within an
+    /// epoch every voter considers only the first valid vote request, so votes cannot
+    /// split. Derive it with [`Config::for_fabric`], never from a backend's name.
+    pub ordered_election: bool,
+    /// Bytes per snapshot chunk.
+    pub snapshot_chunk: usize,
+    /// Seeds the randomized election timeout, so simulations replay exactly.
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults for node `id`: 10-tick elections, 1-tick heartbeats, pre-vote and
+    /// check-quorum on.
+    pub fn new(id: NodeId) -> Config {
+        Config {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            max_entries_per_append: 100,
+            max_bytes_per_append: 1 << 20,
+            max_inflight: 256,
+            pre_vote: true,
+            check_quorum: true,
+            lease_reads: false,
+            ordered_election: false,
+            snapshot_chunk: 1 << 20,
+            seed: u64::from(id.0),
+        }
+    }
+
+    /// Turns on the paths a fabric's guarantees allow: ordered elections need both
+    /// `total_order` and `barrier`.
+    pub fn for_fabric(mut self, caps: &Capabilities) -> Config {
+        self.ordered_election = caps.total_order && caps.barrier;
+        self
+    }
+
+    /// Checks the settings fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_string()));
+        if self.heartbeat_tick == 0 || self.election_tick <= self.heartbeat_tick {
+            return bad("election_tick must exceed heartbeat_tick, which must be at least 1");
+        }
+        if self.max_entries_per_append == 0 || self.max_inflight == 0 || self.snapshot_chunk == 0 {
+            return bad("max_entries_per_append, max_inflight and snapshot_chunk must be positive");
+        }
+        if self.lease_reads && !self.check_quorum {
+            return bad("lease_reads requires check_quorum");
+        }
+        Ok(())
+    }
+}
+
+/// An inconsistent [`Config`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid raft config: {0}")]
+pub struct ConfigError(pub String);

@@ -1,0 +1,261 @@
+//! [`RawNode`]: the application's handle on the Raft state machine, with etcd/raft's
+//! `Ready` contract.
+//!
+//! The caller loops: feed in ticks, messages and proposals; when [`RawNode::has_ready`],
+//! take a [`Ready`], then in this order (1) persist its snapshot, hard state and entries
+//! (fsync), (2) send its messages, (3) apply its snapshot and committed entries, and
+//! (4) call [`RawNode::advance`]. Messages that acknowledge entries are only sent after
+//! those entries are durable, so nothing acknowledged can be lost in a crash.
+
+use bytes::Bytes;
+
+use crate::config::{Config, ConfigError};
+use crate::message::Message;
+use crate::raft::{ProposeError, Raft, ReadState, Role};
+use crate::types::{Change, Entry, HardState, Index, Membership, NodeId, Snapshot, Term};
+
+/// What a node persisted before it stopped: enough to restart it.
+#[derive(Clone, Debug, Default)]
+pub struct Persisted {
+    /// Term, vote and commit index.
+    pub hard_state: HardState,
+    /// The latest snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The entries after the snapshot, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// Volatile state worth reporting: who leads, and this node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// The leader this node follows, if known.
+    pub leader: Option<NodeId>,
+    /// This node's role.
+    pub role: Role,
+}
+
+/// Everything the caller must do after a batch of input; see the [module docs](self).
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Changed leader or role, if either changed.
+    pub soft_state: Option<SoftState>,
+    /// Term, vote or commit changed: persist before sending `messages`.
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader: persist it, then restore the state machine
+    /// from it before applying `committed`.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append to stable storage (they may replace a suffix of the stored log).
+    pub entries: Vec<Entry>,
+    /// Messages to send once the above is durable.
+    pub messages: Vec<Message>,
+    /// Entries to apply to the state machine, in order.
+    pub committed: Vec<Entry>,
+    /// Linearizable reads that are ready once `committed` is applied up to their index.
+    pub read_states: Vec<ReadState>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.soft_state.is_none()
+            && self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.read_states.is_empty()
+    }
+}
+
+/// A Raft node without I/O: see the [module docs](self).
+pub struct RawNode {
+    raft: Raft,
+    last_hard: HardState,
+    last_soft: SoftState,
+}
+
+impl RawNode {
+    /// Starts a node from what it persisted (all empty for a new one). `bootstrap` is the
+    /// initial membership of a new cluster; a snapshot's membership takes precedence.
+    pub fn new(
+        cfg: Config,
+        bootstrap: Membership,
+        persisted: Persisted,
+    ) -> Result<RawNode, ConfigError> {
+        cfg.validate()?;
+        let hard = persisted.hard_state;
+        let raft = Raft::new(cfg, bootstrap, hard, persisted.snapshot, persisted.entries);
+        let last_soft = SoftState {
+            leader: raft.leader,
+            role: raft.role,
+        };
+        let last_hard = raft.hard_state();
+        Ok(RawNode {
+            raft,
+            last_hard,
+            last_soft,
+        })
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    /// Handles a message from a peer.
+    pub fn step(&mut self, msg: Message) {
+        self.raft.step(msg);
+    }
+
+    /// Proposes a command; returns the index it will have if committed (in this term).
+    pub fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
+        self.raft.propose(data)
+    }
+
+    /// Proposes a membership change, carried out through a joint configuration.
+    pub fn propose_membership(&mut self, changes: Vec<Change>) -> Result<Index, ProposeError> {
+        self.raft.propose_membership(changes)
+    }
+
+    /// Hands leadership to `to`.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        self.raft.transfer_leader(to)
+    }
+
+    /// Requests a linearizable read; the answer arrives as a [`ReadState`] with `ctx`.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        self.raft.read_index(ctx)
+    }
+
+    /// Compacts the log through `index` (already applied) into a snapshot of `data`.
+    pub fn compact(&mut self, index: Index, data: Bytes) -> Result<Snapshot, ProposeError> {
+        self.raft.compact(index, data)
+    }
+
+    /// Campaigns at once (tests, operator tools).
+    pub fn campaign(&mut self) {
+        self.raft.become_follower(self.raft.term, None);
+        for _ in 0..2 * self.raft.cfg.election_tick {
+            if self.raft.role != Role::Follower {
+                break;
+            }
+            self.raft.tick();
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.raft.id()
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.raft.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.raft.role
+    }
+
+    /// The leader, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader
+    }
+
+    /// Whom this node voted for in the current term.
+    pub fn vote(&self) -> Option<NodeId> {
+        self.raft.vote
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> Index {
+        self.raft.log.committed
+    }
+
+    /// The highest index handed to the application.
+    pub fn applied_index(&self) -> Index {
+        self.raft.log.applied
+    }
+
+    /// The last log index.
+    pub fn last_index(&self) -> Index {
+        self.raft.log.last_index()
+    }
+
+    /// The term of the entry at `index`, if held.
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.raft.log.term(index)
+    }
+
+    /// The entry at `index`, if held (not compacted).
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.raft.log.entry(index)
+    }
+
+    /// The membership in force.
+    pub fn membership(&self) -> &Membership {
+        &self.raft.membership
+    }
+
+    /// The first index still held as an entry (after the snapshot point).
+    pub fn first_index(&self) -> Index {
+        self.raft.log.first_index()
+    }
+
+    /// Whether [`RawNode::ready`] has anything to hand out.
+    pub fn has_ready(&mut self) -> bool {
+        self.raft.flush_appends();
+        let r = &self.raft;
+        !r.msgs.is_empty()
+            || r.log.stable < r.log.last_index()
+            || r.log.applied < r.log.committed
+            || r.pending_snapshot.is_some()
+            || !r.read_states.is_empty()
+            || r.hard_state() != self.last_hard
+            || self.soft() != self.last_soft
+    }
+
+    fn soft(&self) -> SoftState {
+        SoftState {
+            leader: self.raft.leader,
+            role: self.raft.role,
+        }
+    }
+
+    /// Takes what must be persisted, sent and applied; see the [module docs](self).
+    pub fn ready(&mut self) -> Ready {
+        self.raft.flush_appends();
+        let hard = self.raft.hard_state();
+        let soft = self.soft();
+        Ready {
+            soft_state: (soft != self.last_soft).then_some(soft),
+            hard_state: (hard != self.last_hard).then_some(hard),
+            snapshot: self.raft.pending_snapshot.take(),
+            entries: self.raft.log.unstable(),
+            messages: std::mem::take(&mut self.raft.msgs),
+            committed: self.raft.log.to_apply(),
+            read_states: std::mem::take(&mut self.raft.read_states),
+        }
+    }
+
+    /// Reports that `ready` was persisted, sent and applied.
+    pub fn advance(&mut self, ready: &Ready) {
+        if let Some(h) = ready.hard_state {
+            self.last_hard = h;
+        }
+        if let Some(s) = ready.soft_state {
+            self.last_soft = s;
+        }
+        if let Some(last) = ready.entries.last() {
+            // Only if the entry is still the one persisted (a later step may have replaced it).
+            if self.raft.log.term(last.index) == Some(last.term) {
+                self.raft.log.stable = self.raft.log.stable.max(last.index);
+                self.raft.persisted(last.index);
+            }
+        }
+        if let Some(last) = ready.committed.last() {
+            self.raft.log.applied = self.raft.log.applied.max(last.index);
+        }
+    }
+}

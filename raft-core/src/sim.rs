@@ -1,0 +1,682 @@
+//! Deterministic simulation: N [`RawNode`]s under a seeded network, clock and storage.
+//!
+//! In the spirit of FoundationDB and TigerBeetle, the simulator owns everything that is
+//! nondeterministic in production: time advances in steps (a tick every
+//! [`SimOptions::steps_per_tick`]), messages travel through a network that loses,
+//! duplicates, delays and reorders them, links can be cut, nodes crash and restart from
+//! exactly what they persisted, and a crash in the middle of handling a `Ready` loses the
+//! unsynced tail. All choices come from one seed, so a failing run replays exactly.
+//!
+//! After every step the simulator checks Raft's safety properties: Election Safety, Log
+//! Matching, Leader Completeness, State Machine Safety, and monotonic terms and commit
+//! indexes. A violation panics with the seed and step.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{
+    Config, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted, ProposeError,
+    RawNode, ReadState, Role, Snapshot, Term,
+};
+
+/// What the network and the disks do wrong.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faults {
+    /// Probability a message is lost.
+    pub drop: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability a message is delayed by up to `max_delay` steps (and so reordered).
+    pub delay: f64,
+    /// Longest delay, in steps.
+    pub max_delay: u64,
+    /// Probability per step that a live node crashes (restart follows after a while).
+    pub crash: f64,
+    /// Probability that a crash strikes while a `Ready` is being persisted, losing it.
+    pub torn_write: f64,
+}
+
+impl Faults {
+    /// A perfect network and disks.
+    pub fn none() -> Faults {
+        Faults {
+            drop: 0.0,
+            duplicate: 0.0,
+            delay: 0.0,
+            max_delay: 0,
+            crash: 0.0,
+            torn_write: 0.0,
+        }
+    }
+
+    /// An unreliable network: loss, duplication and long reordering delays.
+    pub fn unreliable() -> Faults {
+        Faults {
+            drop: 0.1,
+            duplicate: 0.05,
+            delay: 0.2,
+            max_delay: 200,
+            crash: 0.0,
+            torn_write: 0.0,
+        }
+    }
+}
+
+/// How a simulation is set up.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Number of voters at the start (ids 1..=n).
+    pub nodes: u32,
+    /// Seeds every random choice.
+    pub seed: u64,
+    /// Network and disk faults.
+    pub faults: Faults,
+    /// Steps between two ticks of a node's clock.
+    pub steps_per_tick: u64,
+    /// The Raft settings of every node (its `id` and `seed` are set per node).
+    pub raft: Config,
+    /// Compact a node's log when this many applied entries are not yet in a snapshot
+    /// (0: never).
+    pub snapshot_every: u64,
+}
+
+impl SimOptions {
+    /// `nodes` voters, seed `seed`, perfect network, default Raft settings.
+    pub fn new(nodes: u32, seed: u64) -> SimOptions {
+        SimOptions {
+            nodes,
+            seed,
+            faults: Faults::none(),
+            steps_per_tick: 10,
+            raft: Config::new(NodeId(1)),
+            snapshot_every: 0,
+        }
+    }
+}
+
+/// A node's disk.
+#[derive(Clone, Debug, Default)]
+struct Disk {
+    hard: HardState,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn persist(&mut self, hard: Option<HardState>, snapshot: Option<&Snapshot>, entries: &[Entry]) {
+        if let Some(s) = snapshot {
+            self.entries.retain(|e| e.index > s.meta.index);
+            self.snapshot = Some(s.clone());
+        }
+        if let Some(first) = entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(h) = hard {
+            self.hard = h;
+        }
+    }
+}
+
+/// The applied state of one node: the log of applied commands, and a snapshot point.
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    /// (index, command) for every applied command after the snapshot point.
+    commands: Vec<(Index, Bytes)>,
+    /// Applied index.
+    index: Index,
+}
+
+struct SimNode {
+    raw: Option<RawNode>,
+    disk: Disk,
+    applied: Applied,
+    /// Steps until a crashed node restarts.
+    down_until: u64,
+    last_term: Term,
+    last_commit: Index,
+    read_states: Vec<ReadState>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    due: u64,
+    seq: u64,
+    to: u32,
+    bytes: Vec<u8>,
+}
+
+/// A simulated cluster.
+pub struct Sim {
+    opts: SimOptions,
+    rng: ChaCha8Rng,
+    nodes: Vec<SimNode>,
+    net: BinaryHeap<Reverse<InFlight>>,
+    seq: u64,
+    step: u64,
+    /// Cut links (from, to).
+    cut: Vec<(u32, u32)>,
+    /// The leader of each term ever seen.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Every entry applied anywhere: index -> (term, payload).
+    applied_log: BTreeMap<Index, (Term, Payload)>,
+    /// Entries known committed: index -> term.
+    committed: BTreeMap<Index, Term>,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+}
+
+impl Sim {
+    /// A new cluster of `opts.nodes` voters, none of which has run yet.
+    pub fn new(opts: SimOptions) -> Sim {
+        let rng = ChaCha8Rng::seed_from_u64(opts.seed);
+        let mut sim = Sim {
+            rng,
+            nodes: Vec::new(),
+            net: BinaryHeap::new(),
+            seq: 0,
+            step: 0,
+            cut: Vec::new(),
+            leaders: BTreeMap::new(),
+            applied_log: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            delivered: 0,
+            snapshots_installed: 0,
+            opts,
+        };
+        for id in 1..=sim.opts.nodes {
+            let raw = sim.boot(id, Persisted::default());
+            sim.nodes.push(SimNode {
+                raw: Some(raw),
+                disk: Disk::default(),
+                applied: Applied::default(),
+                down_until: 0,
+                last_term: 0,
+                last_commit: 0,
+                read_states: Vec::new(),
+            });
+        }
+        sim
+    }
+
+    fn boot(&self, id: u32, persisted: Persisted) -> RawNode {
+        let mut cfg = self.opts.raft.clone();
+        cfg.id = NodeId(id);
+        cfg.seed = self
+            .opts
+            .seed
+            .wrapping_mul(31)
+            .wrapping_add(u64::from(id))
+            .wrapping_add(self.step);
+        let voters = Membership::with_voters((1..=self.opts.nodes).map(NodeId));
+        RawNode::new(cfg, voters, persisted).expect("valid sim config")
+    }
+
+    fn fail(&self, what: String) -> ! {
+        fail_at(self.opts.seed, self.step, what)
+    }
+
+    /// The current step.
+    pub fn now(&self) -> u64 {
+        self.step
+    }
+
+    /// The number of node slots (ids 1..=n).
+    pub fn size(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    /// Changes the faults from now on.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.opts.faults = faults;
+    }
+
+    /// Runs `steps` steps.
+    pub fn run(&mut self, steps: u64) {
+        for _ in 0..steps {
+            self.step();
+        }
+    }
+
+    /// Runs until `pred` holds or `max_steps` pass; returns whether it held.
+    pub fn run_until(&mut self, max_steps: u64, mut pred: impl FnMut(&Sim) -> bool) -> bool {
+        for _ in 0..max_steps {
+            if pred(self) {
+                return true;
+            }
+            self.step();
+        }
+        pred(self)
+    }
+
+    /// One step: deliver due messages, tick on schedule, handle every ready, check.
+    pub fn step(&mut self) {
+        self.step += 1;
+        let now = self.step;
+        while self.net.peek().is_some_and(|Reverse(m)| m.due <= now) {
+            let Reverse(m) = self.net.pop().expect("peeked");
+            let node = &mut self.nodes[m.to as usize - 1];
+            if let Some(raw) = &mut node.raw {
+                match Message::decode(&m.bytes) {
+                    Ok(msg) => {
+                        self.delivered += 1;
+                        raw.step(msg);
+                    }
+                    Err(e) => panic!("seed {}: a message failed to decode: {e}", self.opts.seed),
+                }
+            }
+        }
+        if now % self.opts.steps_per_tick == 0 {
+            for n in &mut self.nodes {
+                if let Some(raw) = &mut n.raw {
+                    raw.tick();
+                }
+            }
+        }
+        self.random_crashes();
+        for id in 1..=self.size() {
+            self.handle_ready(id);
+        }
+        self.check();
+    }
+
+    fn random_crashes(&mut self) {
+        let f = self.opts.faults.clone();
+        if f.crash <= 0.0 {
+            return;
+        }
+        for id in 1..=self.size() {
+            let i = id as usize - 1;
+            if self.nodes[i].raw.is_none() {
+                if self.step >= self.nodes[i].down_until {
+                    self.restart(NodeId(id));
+                }
+            } else if self.rng.gen_bool(f.crash) {
+                let torn = self.rng.gen_bool(f.torn_write);
+                if torn {
+                    // Crash while persisting: the ready in progress is lost unsynced.
+                    if let Some(raw) = &mut self.nodes[i].raw {
+                        let _ = raw.ready();
+                    }
+                }
+                let down = self.rng.gen_range(10..500);
+                self.crash(NodeId(id));
+                self.nodes[i].down_until = self.step + down;
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, id: u32) {
+        let i = id as usize - 1;
+        let Some(raw) = &mut self.nodes[i].raw else {
+            return;
+        };
+        if !raw.has_ready() {
+            return;
+        }
+        let ready = raw.ready();
+        let (seed, step) = (self.opts.seed, self.step);
+        let node = &mut self.nodes[i];
+        node.disk
+            .persist(ready.hard_state, ready.snapshot.as_ref(), &ready.entries);
+        for m in &ready.messages {
+            self.send(id, m);
+        }
+        let node = &mut self.nodes[i];
+        if let Some(s) = &ready.snapshot {
+            self.snapshots_installed += 1;
+            node.applied.commands = decode_commands(&s.data);
+            node.applied.index = s.meta.index;
+        }
+        for e in &ready.committed {
+            if e.index <= node.applied.index {
+                continue;
+            }
+            if e.index != node.applied.index + 1 {
+                fail_at(
+                    seed,
+                    step,
+                    format!("node {id} applies {} after {}", e.index, node.applied.index),
+                );
+            }
+            node.applied.index = e.index;
+            if let Payload::Command(c) = &e.payload {
+                node.applied.commands.push((e.index, c.clone()));
+            }
+            match self.applied_log.get(&e.index) {
+                Some((t, p)) if (*t, p) != (e.term, &e.payload) => fail_at(seed, step, format!(
+                    "State Machine Safety: node {id} applied ({}, {:?}) at {} where another applied ({t}, {p:?})",
+                    e.term, e.payload, e.index
+                )),
+                Some(_) => {}
+                None => {
+                    self.applied_log.insert(e.index, (e.term, e.payload.clone()));
+                }
+            }
+            self.committed.insert(e.index, e.term);
+        }
+        node.read_states.extend(ready.read_states.iter().copied());
+        let raw = node.raw.as_mut().expect("alive");
+        raw.advance(&ready);
+        let every = self.opts.snapshot_every;
+        if every > 0 && raw.applied_index() >= raw.first_index() + every {
+            let index = raw.applied_index();
+            let data = encode_commands(&node.applied.commands);
+            if let Ok(snap) = raw.compact(index, data) {
+                node.disk.persist(None, Some(&snap), &[]);
+            }
+        }
+    }
+
+    fn send(&mut self, from: u32, m: &Message) {
+        let to = m.to.0;
+        if to == 0 || to > self.size() || self.cut.contains(&(from, to)) {
+            return;
+        }
+        let f = &self.opts.faults;
+        let (drop, dup, delay, max_delay) = (f.drop, f.duplicate, f.delay, f.max_delay);
+        if self.rng.gen_bool(drop) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(dup) { 2 } else { 1 };
+        let bytes = m.encode().to_vec();
+        for _ in 0..copies {
+            let extra = if max_delay > 0 && self.rng.gen_bool(delay) {
+                self.rng.gen_range(1..=max_delay)
+            } else {
+                0
+            };
+            self.seq += 1;
+            self.net.push(Reverse(InFlight {
+                due: self.step + 1 + self.rng.gen_range(0..3) + extra,
+                seq: self.seq,
+                to,
+                bytes: bytes.clone(),
+            }));
+        }
+    }
+
+    /// Stops `id`: its volatile state is gone, its disk stays.
+    pub fn crash(&mut self, id: NodeId) {
+        let n = &mut self.nodes[id.0 as usize - 1];
+        n.raw = None;
+        n.read_states.clear();
+        n.down_until = u64::MAX;
+    }
+
+    /// Restarts `id` from its disk.
+    pub fn restart(&mut self, id: NodeId) {
+        let i = id.0 as usize - 1;
+        if self.nodes[i].raw.is_some() {
+            return;
+        }
+        let disk = self.nodes[i].disk.clone();
+        let persisted = Persisted {
+            hard_state: disk.hard,
+            snapshot: disk.snapshot.clone(),
+            entries: disk.entries.clone(),
+        };
+        let raw = self.boot(id.0, persisted);
+        let n = &mut self.nodes[i];
+        n.applied = match &disk.snapshot {
+            Some(s) => Applied {
+                commands: decode_commands(&s.data),
+                index: s.meta.index,
+            },
+            None => Applied::default(),
+        };
+        n.last_commit = raw.commit_index();
+        n.raw = Some(raw);
+        n.down_until = 0;
+    }
+
+    /// Whether `id` is running.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[id.0 as usize - 1].raw.is_some()
+    }
+
+    /// Cuts every link between different groups (a node in no group is isolated).
+    pub fn partition(&mut self, groups: &[Vec<u32>]) {
+        self.cut.clear();
+        for a in 1..=self.size() {
+            for b in 1..=self.size() {
+                let together = groups.iter().any(|g| g.contains(&a) && g.contains(&b));
+                if a != b && !together {
+                    self.cut.push((a, b));
+                }
+            }
+        }
+    }
+
+    /// Cuts the links between `id` and everyone else.
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in 1..=self.size() {
+            if other != id.0 {
+                self.cut.push((id.0, other));
+                self.cut.push((other, id.0));
+            }
+        }
+    }
+
+    /// Cuts one link in both directions.
+    pub fn cut_link(&mut self, a: NodeId, b: NodeId) {
+        self.cut.push((a.0, b.0));
+        self.cut.push((b.0, a.0));
+    }
+
+    /// The links currently cut, as unordered pairs.
+    pub fn cut_links(&self) -> Vec<(NodeId, NodeId)> {
+        let mut v: Vec<(NodeId, NodeId)> = self
+            .cut
+            .iter()
+            .filter(|(a, b)| a < b)
+            .map(|(a, b)| (NodeId(*a), NodeId(*b)))
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// Restores one link.
+    pub fn heal_link(&mut self, a: NodeId, b: NodeId) {
+        self.cut.retain(|l| *l != (a.0, b.0) && *l != (b.0, a.0));
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// A random number from the simulation's seeded generator.
+    pub fn random(&mut self, below: u64) -> u64 {
+        self.rng.gen_range(0..below.max(1))
+    }
+
+    /// The node `id`'s Raft state, if it is up.
+    pub fn node(&self, id: NodeId) -> Option<&RawNode> {
+        self.nodes[id.0 as usize - 1].raw.as_ref()
+    }
+
+    /// The node `id`'s Raft state for direct calls, if it is up.
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut RawNode> {
+        self.nodes[id.0 as usize - 1].raw.as_mut()
+    }
+
+    /// The live leader with the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.raw.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.term())
+            .map(|r| r.id())
+    }
+
+    /// Every term that had a leader, with that leader.
+    pub fn leaders(&self) -> &BTreeMap<Term, NodeId> {
+        &self.leaders
+    }
+
+    /// Proposes `data` at `id`.
+    pub fn propose(&mut self, id: NodeId, data: Bytes) -> Result<Index, ProposeError> {
+        match self.node_mut(id) {
+            Some(raw) => raw.propose(data),
+            None => Err(ProposeError::NotLeader { leader: None }),
+        }
+    }
+
+    /// Proposes at the current leader, if there is one.
+    pub fn propose_at_leader(&mut self, data: Bytes) -> Option<Index> {
+        let l = self.leader()?;
+        self.propose(l, data).ok()
+    }
+
+    /// How many nodes have applied the command `data` (up nodes only).
+    pub fn applied_count(&self, data: &[u8]) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.raw.is_some() && n.applied.commands.iter().any(|(_, c)| c.as_ref() == data)
+            })
+            .count()
+    }
+
+    /// The index at which `data` was applied anywhere, if it was.
+    pub fn applied_index_of(&self, data: &[u8]) -> Option<Index> {
+        self.applied_log.iter().find_map(|(i, (_, p))| match p {
+            Payload::Command(c) if c.as_ref() == data => Some(*i),
+            _ => None,
+        })
+    }
+
+    /// The commands `id` has applied since its snapshot point, with their indexes.
+    pub fn applied_commands(&self, id: NodeId) -> &[(Index, Bytes)] {
+        &self.nodes[id.0 as usize - 1].applied.commands
+    }
+
+    /// The highest index applied by `id`.
+    pub fn applied_index(&self, id: NodeId) -> Index {
+        self.nodes[id.0 as usize - 1].applied.index
+    }
+
+    /// Read states delivered to `id` and not yet taken.
+    pub fn take_read_states(&mut self, id: NodeId) -> Vec<ReadState> {
+        std::mem::take(&mut self.nodes[id.0 as usize - 1].read_states)
+    }
+
+    /// Messages in flight.
+    pub fn in_flight(&self) -> usize {
+        self.net.len()
+    }
+
+    fn check(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(raw) = &self.nodes[i].raw else {
+                continue;
+            };
+            let (id, term, commit, role) = (raw.id(), raw.term(), raw.commit_index(), raw.role());
+            if term < self.nodes[i].last_term {
+                self.fail(format!(
+                    "node {id}: term went back from {} to {term}",
+                    self.nodes[i].last_term
+                ));
+            }
+            if commit < self.nodes[i].last_commit {
+                self.fail(format!(
+                    "node {id}: commit went back from {} to {commit}",
+                    self.nodes[i].last_commit
+                ));
+            }
+            if role == Role::Leader {
+                match self.leaders.get(&term) {
+                    Some(other) if *other != id => self.fail(format!(
+                        "Election Safety: {other} and {id} both lead term {term}"
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.leaders.insert(term, id);
+                        self.check_leader_completeness(i);
+                    }
+                }
+            }
+            self.nodes[i].last_term = term;
+            self.nodes[i].last_commit = commit;
+        }
+        if self.step % 64 == 0 {
+            self.check_log_matching();
+        }
+    }
+
+    fn check_leader_completeness(&self, i: usize) {
+        let raw = self.nodes[i].raw.as_ref().expect("alive");
+        for (&index, &term) in &self.committed {
+            if index < raw.first_index() {
+                continue; // compacted into its snapshot, which only holds committed entries
+            }
+            if raw.term_at(index) != Some(term) {
+                self.fail(format!(
+                    "Leader Completeness: leader {} of term {} lacks committed entry {index} (term {term})",
+                    raw.id(),
+                    raw.term()
+                ));
+            }
+        }
+    }
+
+    /// Log Matching: two logs with an entry of the same index and term agree on every
+    /// entry before it.
+    pub fn check_log_matching(&self) {
+        let live: Vec<&RawNode> = self.nodes.iter().filter_map(|n| n.raw.as_ref()).collect();
+        for (a_i, a) in live.iter().enumerate() {
+            for b in &live[a_i + 1..] {
+                let lo = a.first_index().max(b.first_index());
+                let hi = a.last_index().min(b.last_index());
+                let mut matched_from = None;
+                for idx in (lo..=hi).rev() {
+                    if a.term_at(idx).is_some() && a.term_at(idx) == b.term_at(idx) {
+                        matched_from = Some(idx);
+                        break;
+                    }
+                }
+                let Some(top) = matched_from else { continue };
+                for idx in lo..=top {
+                    if a.entry(idx) != b.entry(idx) {
+                        self.fail(format!(
+                            "Log Matching: nodes {} and {} agree at {top} but differ at {idx}",
+                            a.id(),
+                            b.id()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fail_at(seed: u64, step: u64, what: String) -> ! {
+    panic!("seed {seed} step {step}: {what}")
+}
+
+fn encode_commands(commands: &[(Index, Bytes)]) -> Bytes {
+    Bytes::from(rmp_serde::to_vec(commands).expect("commands serialize"))
+}
+
+fn decode_commands(data: &[u8]) -> Vec<(Index, Bytes)> {
+    rmp_serde::from_slice(data).unwrap_or_default()
+}
+
+/// A bare message for tests that drive nodes by hand.
+pub fn message(from: u32, to: u32, term: Term, body: crate::Body) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term,
+        epoch: 0,
+        body,
+    }
+}
