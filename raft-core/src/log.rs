@@ -223,20 +223,18 @@ impl RaftLog {
         self.slice(self.applied + 1, self.committed, usize::MAX)
     }
 
-    /// Replaces the log with a snapshot received from the leader. Entries after the
-    /// snapshot that agree with it are kept (§7).
+    /// Replaces the whole log with a snapshot received from the leader. Entries after it
+    /// are dropped even if they agree (the leader resends them): storage replaces its log
+    /// with the snapshot in one step, so what is on disk and what is in memory never
+    /// disagree about a suffix.
     pub fn install(&mut self, snapshot: &Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        if self.term(index) == Some(term) {
-            self.compact(index);
-        } else {
-            self.entries.clear();
-            self.snap_index = index;
-            self.snap_term = term;
-        }
-        self.committed = self.committed.max(index);
-        self.applied = self.applied.max(index);
-        self.stable = self.stable.max(index);
+        self.entries.clear();
+        self.snap_index = index;
+        self.snap_term = term;
+        self.committed = index;
+        self.applied = index;
+        self.stable = index;
     }
 
     /// Drops the entries up to `index` (which must be applied) into the snapshot point.
@@ -321,6 +319,7 @@ mod tests {
         };
         l.install(&snap);
         assert_eq!((l.last_index(), l.last_term(), l.committed), (10, 4, 10));
+        assert_eq!(l.first_index(), 11, "the log is replaced, not merged");
     }
 
     #[test]

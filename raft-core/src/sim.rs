@@ -69,8 +69,11 @@ impl Faults {
 /// How a simulation is set up.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
-    /// Number of voters at the start (ids 1..=n).
+    /// Number of nodes (ids 1..=n).
     pub nodes: u32,
+    /// How many of them are voters at the start (ids 1..=voters); the rest wait to be
+    /// added by a membership change.
+    pub voters: u32,
     /// Seeds every random choice.
     pub seed: u64,
     /// Network and disk faults.
@@ -89,6 +92,7 @@ impl SimOptions {
     pub fn new(nodes: u32, seed: u64) -> SimOptions {
         SimOptions {
             nodes,
+            voters: nodes,
             seed,
             faults: Faults::none(),
             steps_per_tick: 10,
@@ -107,9 +111,10 @@ struct Disk {
 }
 
 impl Disk {
+    /// Persists a ready: a snapshot from the leader replaces the whole log.
     fn persist(&mut self, hard: Option<HardState>, snapshot: Option<&Snapshot>, entries: &[Entry]) {
         if let Some(s) = snapshot {
-            self.entries.retain(|e| e.index > s.meta.index);
+            self.entries.clear();
             self.snapshot = Some(s.clone());
         }
         if let Some(first) = entries.first() {
@@ -119,6 +124,12 @@ impl Disk {
         if let Some(h) = hard {
             self.hard = h;
         }
+    }
+
+    /// Records a local snapshot: the entries it covers go, the suffix stays.
+    fn compact(&mut self, snapshot: &Snapshot) {
+        self.entries.retain(|e| e.index > snapshot.meta.index);
+        self.snapshot = Some(snapshot.clone());
     }
 }
 
@@ -164,8 +175,9 @@ pub struct Sim {
     leaders: BTreeMap<Term, NodeId>,
     /// Every entry applied anywhere: index -> (term, payload).
     applied_log: BTreeMap<Index, (Term, Payload)>,
-    /// Entries known committed: index -> term.
-    committed: BTreeMap<Index, Term>,
+    /// Entries known committed: index -> (entry term, highest term any node had when the
+    /// entry was first seen applied). Leaders of later terms must hold the entry.
+    committed: BTreeMap<Index, (Term, Term)>,
     /// Messages delivered.
     pub delivered: u64,
     /// Snapshots installed from a leader.
@@ -214,7 +226,7 @@ impl Sim {
             .wrapping_mul(31)
             .wrapping_add(u64::from(id))
             .wrapping_add(self.step);
-        let voters = Membership::with_voters((1..=self.opts.nodes).map(NodeId));
+        let voters = Membership::with_voters((1..=self.opts.voters).map(NodeId));
         RawNode::new(cfg, voters, persisted).expect("valid sim config")
     }
 
@@ -322,6 +334,7 @@ impl Sim {
         }
         let ready = raw.ready();
         let (seed, step) = (self.opts.seed, self.step);
+        let max_term = self.nodes.iter().map(|n| n.last_term).max().unwrap_or(0);
         let node = &mut self.nodes[i];
         node.disk
             .persist(ready.hard_state, ready.snapshot.as_ref(), &ready.entries);
@@ -359,7 +372,7 @@ impl Sim {
                     self.applied_log.insert(e.index, (e.term, e.payload.clone()));
                 }
             }
-            self.committed.insert(e.index, e.term);
+            self.committed.entry(e.index).or_insert((e.term, max_term));
         }
         node.read_states.extend(ready.read_states.iter().copied());
         let raw = node.raw.as_mut().expect("alive");
@@ -369,7 +382,7 @@ impl Sim {
             let index = raw.applied_index();
             let data = encode_commands(&node.applied.commands);
             if let Ok(snap) = raw.compact(index, data) {
-                node.disk.persist(None, Some(&snap), &[]);
+                node.disk.compact(&snap);
             }
         }
     }
@@ -614,9 +627,11 @@ impl Sim {
 
     fn check_leader_completeness(&self, i: usize) {
         let raw = self.nodes[i].raw.as_ref().expect("alive");
-        for (&index, &term) in &self.committed {
-            if index < raw.first_index() {
-                continue; // compacted into its snapshot, which only holds committed entries
+        for (&index, &(term, seen_at)) in &self.committed {
+            if index < raw.first_index() || raw.term() <= seen_at {
+                // Compacted into its snapshot (which holds only committed entries), or the
+                // leader's term may predate the commitment.
+                continue;
             }
             if raw.term_at(index) != Some(term) {
                 self.fail(format!(

@@ -1,0 +1,222 @@
+//! Membership changes, leadership transfer, linearizable reads and ordered elections,
+//! each under the deterministic simulator (which checks the safety invariants every step).
+
+use bytes::Bytes;
+use weft_raft::sim::{Faults, Sim, SimOptions};
+use weft_raft::{Change, Config, NodeId, ProposeError, Role};
+
+const ELECTION: u64 = 400;
+
+fn leader(s: &mut Sim) -> NodeId {
+    assert!(s.run_until(4 * ELECTION, |s| s.leader().is_some()));
+    s.leader().unwrap()
+}
+
+fn commit(s: &mut Sim, c: &str, n: usize) {
+    let c = Bytes::from(c.to_string());
+    for _ in 0..10 {
+        if s.applied_index_of(&c).is_none() {
+            let _ = s.propose_at_leader(c.clone());
+        }
+        if s.run_until(ELECTION, |s| s.applied_count(&c) >= n) {
+            return;
+        }
+    }
+    panic!("{c:?} not applied by {n} nodes");
+}
+
+fn change(s: &mut Sim, changes: Vec<Change>) {
+    for _ in 0..20 {
+        let l = leader(s);
+        match s.node_mut(l).unwrap().propose_membership(changes.clone()) {
+            Ok(_) => return,
+            Err(ProposeError::ChangeInProgress) | Err(ProposeError::LearnerBehind(_)) => s.run(50),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("change {changes:?} never accepted");
+}
+
+fn settled(s: &Sim, id: NodeId, pred: impl Fn(&weft_raft::Membership) -> bool) -> bool {
+    s.node(id).is_some_and(|n| pred(n.membership()))
+}
+
+#[test]
+fn learner_catches_up_then_is_promoted_and_old_voter_removed() {
+    let mut opts = SimOptions::new(4, 31);
+    opts.voters = 3;
+    let mut s = Sim::new(opts);
+    for i in 0..20 {
+        commit(&mut s, &format!("a{i}"), 3);
+    }
+    change(&mut s, vec![Change::AddLearner(NodeId(4))]);
+    assert!(
+        s.run_until(2 * ELECTION, |s| s.applied_count(b"a19") == 4),
+        "the learner receives the log"
+    );
+    let l = leader(&mut s);
+    assert!(s.node(l).unwrap().membership().is_learner(NodeId(4)));
+    assert_eq!(s.node(NodeId(4)).unwrap().role(), Role::Follower);
+    change(
+        &mut s,
+        vec![Change::AddVoter(NodeId(4)), Change::Remove(NodeId(1))],
+    );
+    assert!(s.run_until(4 * ELECTION, |s| (2..=4).all(|n| settled(
+        s,
+        NodeId(n),
+        |m| { !m.is_joint() && m.voters == vec![NodeId(2), NodeId(3), NodeId(4)] }
+    ))));
+    // With node 1 gone, {2,3,4} still commit; node 1 never leads again.
+    s.crash(NodeId(1));
+    commit(&mut s, "after", 3);
+    assert_ne!(s.leader(), Some(NodeId(1)));
+}
+
+#[test]
+fn removing_the_leader_hands_over() {
+    let mut s = Sim::new(SimOptions::new(3, 32));
+    let l = leader(&mut s);
+    commit(&mut s, "x", 3);
+    change(&mut s, vec![Change::Remove(l)]);
+    assert!(s.run_until(6 * ELECTION, |s| s.leader().is_some_and(|n| n != l)));
+    commit(&mut s, "y", 2);
+    let new = s.leader().unwrap();
+    assert!(!s.node(new).unwrap().membership().is_voter(l));
+}
+
+#[test]
+fn one_change_at_a_time_and_never_zero_voters() {
+    let mut s = Sim::new(SimOptions::new(3, 33));
+    let l = leader(&mut s);
+    commit(&mut s, "first", 3);
+    let raw = s.node_mut(l).unwrap();
+    assert!(raw
+        .propose_membership(vec![Change::AddLearner(NodeId(9))])
+        .is_ok());
+    assert_eq!(
+        raw.propose_membership(vec![Change::AddLearner(NodeId(8))]),
+        Err(ProposeError::ChangeInProgress)
+    );
+    let mut s = Sim::new(SimOptions::new(1, 34));
+    let l = leader(&mut s);
+    commit(&mut s, "c", 1);
+    assert_eq!(
+        s.node_mut(l)
+            .unwrap()
+            .propose_membership(vec![Change::Remove(l)]),
+        Err(ProposeError::InvalidChange(
+            "the change removes every voter"
+        ))
+    );
+}
+
+#[test]
+fn leadership_transfer_is_faster_than_an_election() {
+    let mut s = Sim::new(SimOptions::new(3, 35));
+    let l = leader(&mut s);
+    commit(&mut s, "t", 3);
+    let to = NodeId(l.0 % 3 + 1);
+    s.node_mut(l).unwrap().transfer_leader(to).unwrap();
+    let start = s.now();
+    assert!(s.run_until(ELECTION, |s| s.leader() == Some(to)));
+    assert!(
+        s.now() - start < 100,
+        "transfer took {} steps (an election takes 100+)",
+        s.now() - start
+    );
+    // Proposals to the old leader are refused while the transfer is under way.
+    commit(&mut s, "after-transfer", 3);
+}
+
+#[test]
+fn read_index_at_leader_and_follower() {
+    let mut s = Sim::new(SimOptions::new(3, 36));
+    let l = leader(&mut s);
+    commit(&mut s, "r", 3);
+    let committed = s.node(l).unwrap().commit_index();
+    s.node_mut(l).unwrap().read_index(7).unwrap();
+    assert!(s.run_until(50, |s| s.node(l).is_some()));
+    s.run(20);
+    let rs = s.take_read_states(l);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].ctx, 7);
+    assert!(rs[0].index >= committed);
+    let f = NodeId(l.0 % 3 + 1);
+    s.node_mut(f).unwrap().read_index(8).unwrap();
+    s.run(20);
+    let rs = s.take_read_states(f);
+    assert_eq!(rs.iter().map(|r| r.ctx).collect::<Vec<_>>(), vec![8]);
+}
+
+#[test]
+fn a_deposed_leader_cannot_serve_reads() {
+    let mut s = Sim::new(SimOptions::new(3, 37));
+    let l = leader(&mut s);
+    commit(&mut s, "w", 3);
+    s.isolate(l);
+    // Still believes it leads for a while, but no quorum confirms the read.
+    s.node_mut(l).unwrap().read_index(9).unwrap();
+    s.run(3 * ELECTION);
+    assert!(s.take_read_states(l).is_empty());
+}
+
+#[test]
+fn lease_reads_answer_without_a_round_trip() {
+    let mut opts = SimOptions::new(3, 38);
+    opts.raft.lease_reads = true;
+    let mut s = Sim::new(opts);
+    let l = leader(&mut s);
+    commit(&mut s, "l", 3);
+    s.node_mut(l).unwrap().read_index(1).unwrap();
+    s.run(1);
+    assert_eq!(s.take_read_states(l).len(), 1);
+}
+
+#[test]
+fn config_is_validated() {
+    let mut c = Config::new(NodeId(1));
+    c.lease_reads = true;
+    c.check_quorum = false;
+    assert!(c.validate().is_err());
+    let mut c = Config::new(NodeId(1));
+    c.election_tick = 1;
+    assert!(c.validate().is_err());
+    let caps = weft_transport::Capabilities {
+        total_order: true,
+        barrier: true,
+        ..Default::default()
+    };
+    assert!(Config::new(NodeId(1)).for_fabric(&caps).ordered_election);
+    assert!(
+        !Config::new(NodeId(1))
+            .for_fabric(&Default::default())
+            .ordered_election
+    );
+}
+
+#[test]
+fn unreliable_network_with_membership_churn_stays_safe() {
+    let mut opts = SimOptions::new(5, 39);
+    opts.voters = 3;
+    opts.snapshot_every = 20;
+    let mut s = Sim::new(opts);
+    s.set_faults(Faults::unreliable());
+    for round in 0..6u32 {
+        for i in 0..10 {
+            let _ = s.propose_at_leader(Bytes::from(format!("u{round}-{i}")));
+            s.run(10);
+        }
+        let n = NodeId(4 + round % 2);
+        let add = if round % 4 < 2 {
+            Change::AddVoter(n)
+        } else {
+            Change::Remove(n)
+        };
+        if let Some(l) = s.leader() {
+            let _ = s.node_mut(l).unwrap().propose_membership(vec![add]);
+        }
+        s.run(300);
+    }
+    s.set_faults(Faults::none());
+    commit(&mut s, "final", 3);
+}
