@@ -13,6 +13,7 @@
 //! fabrics whose [`weft_transport::Capabilities`] report `total_order` and `barrier`.
 
 mod config;
+pub mod lincheck;
 pub mod log;
 mod message;
 pub mod progress;

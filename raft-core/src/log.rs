@@ -223,18 +223,23 @@ impl RaftLog {
         self.slice(self.applied + 1, self.committed, usize::MAX)
     }
 
-    /// Replaces the whole log with a snapshot received from the leader. Entries after it
-    /// are dropped even if they agree (the leader resends them): storage replaces its log
-    /// with the snapshot in one step, so what is on disk and what is in memory never
-    /// disagree about a suffix.
+    /// Installs a snapshot received from the leader (§7). If our entry at the snapshot's
+    /// index has the snapshot's term, the entries after it are kept: they may have been
+    /// acknowledged to a leader already, and dropping them could lose a committed entry.
+    /// Otherwise the whole log is replaced. Storage must do the same with its copy.
     pub fn install(&mut self, snapshot: &Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        self.entries.clear();
-        self.snap_index = index;
-        self.snap_term = term;
-        self.committed = index;
-        self.applied = index;
-        self.stable = index;
+        if self.term(index) == Some(term) {
+            self.compact(index);
+        } else {
+            self.entries.clear();
+            self.snap_index = index;
+            self.snap_term = term;
+            self.stable = index;
+        }
+        self.committed = self.committed.max(index);
+        self.applied = self.applied.max(index);
+        self.stable = self.stable.max(index);
     }
 
     /// Drops the entries up to `index` (which must be applied) into the snapshot point.
@@ -319,7 +324,26 @@ mod tests {
         };
         l.install(&snap);
         assert_eq!((l.last_index(), l.last_term(), l.committed), (10, 4, 10));
-        assert_eq!(l.first_index(), 11, "the log is replaced, not merged");
+        assert_eq!(
+            l.first_index(),
+            11,
+            "a snapshot that does not match replaces the log"
+        );
+        let mut m = log_of(&[1, 1, 2, 2]);
+        let snap = Snapshot {
+            meta: crate::types::SnapshotMeta {
+                index: 2,
+                term: 1,
+                ..Default::default()
+            },
+            data: Default::default(),
+        };
+        m.install(&snap);
+        assert_eq!(
+            (m.first_index(), m.last_index()),
+            (3, 4),
+            "a matching suffix is kept"
+        );
     }
 
     #[test]

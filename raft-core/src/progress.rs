@@ -131,11 +131,18 @@ impl Progress {
         self.inflight.clear();
     }
 
-    /// A heartbeat answer arrived: a paused probe may try again.
-    pub fn unpause(&mut self) {
+    /// A heartbeat answer arrived: the follower is reachable. A paused probe or snapshot
+    /// chunk may be resent; a replication window that is still full after a heartbeat
+    /// round means appends were lost, so probe again from the last known match.
+    pub fn heard_back(&mut self, max_inflight: usize) {
         match &mut self.mode {
             Mode::Probe { paused } => *paused = false,
             Mode::Snapshot { in_flight, .. } => *in_flight = false,
+            Mode::Replicate if self.inflight.len() >= max_inflight => {
+                self.mode = Mode::Probe { paused: false };
+                self.next = self.matched + 1;
+                self.inflight.clear();
+            }
             Mode::Replicate => {}
         }
     }
@@ -162,6 +169,18 @@ mod tests {
         p.acked(14);
         assert_eq!(p.inflight.len(), 2);
         assert!(p.can_send(4));
+    }
+
+    #[test]
+    fn a_full_window_after_a_heartbeat_falls_back_to_probing() {
+        let mut p = Progress::new(1);
+        p.acked(5);
+        for last in [7, 9] {
+            p.sent(Some(last));
+        }
+        p.heard_back(2);
+        assert_eq!((p.mode.clone(), p.next), (Mode::Probe { paused: false }, 6));
+        assert!(p.can_send(2));
     }
 
     #[test]

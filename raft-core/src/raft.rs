@@ -1053,7 +1053,7 @@ impl Raft {
             }
             Body::HeartbeatResponse { read_round } => {
                 let pr = self.progress.get_mut(&from).expect("checked");
-                pr.unpause();
+                pr.heard_back(self.cfg.max_inflight);
                 if pr.matched < self.log.last_index() || matches!(pr.mode, Mode::Snapshot { .. }) {
                     self.send_append(from, true);
                 }

@@ -42,7 +42,8 @@ pub struct Ready {
     /// Term, vote or commit changed: persist before sending `messages`.
     pub hard_state: Option<HardState>,
     /// A snapshot received from the leader: persist it, then restore the state machine
-    /// from it before applying `committed`.
+    /// from it before applying `committed`. Stored entries after it are kept only if the
+    /// stored entry at its index has its term; otherwise the stored log is discarded.
     pub snapshot: Option<Snapshot>,
     /// Entries to append to stable storage (they may replace a suffix of the stored log).
     pub entries: Vec<Entry>,
@@ -201,6 +202,11 @@ impl RawNode {
     /// The first index still held as an entry (after the snapshot point).
     pub fn first_index(&self) -> Index {
         self.raft.log.first_index()
+    }
+
+    /// The leader's view of every member's replication (empty unless leading).
+    pub fn progress(&self) -> &std::collections::BTreeMap<NodeId, crate::progress::Progress> {
+        &self.raft.progress
     }
 
     /// Whether [`RawNode::ready`] has anything to hand out.

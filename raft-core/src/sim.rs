@@ -12,12 +12,13 @@
 //! indexes. A violation panics with the seed and step.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::lincheck::{self, Event, KvOp, KvRet};
 use crate::{
     Config, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted, ProposeError,
     RawNode, ReadState, Role, Snapshot, Term,
@@ -111,10 +112,19 @@ struct Disk {
 }
 
 impl Disk {
-    /// Persists a ready: a snapshot from the leader replaces the whole log.
+    /// Persists a ready. A snapshot from the leader keeps the stored entries after it only
+    /// if the stored entry at its index has its term, exactly as the core's log does.
     fn persist(&mut self, hard: Option<HardState>, snapshot: Option<&Snapshot>, entries: &[Entry]) {
         if let Some(s) = snapshot {
-            self.entries.clear();
+            let matches = self
+                .entries
+                .iter()
+                .any(|e| e.index == s.meta.index && e.term == s.meta.term);
+            if matches {
+                self.entries.retain(|e| e.index > s.meta.index);
+            } else {
+                self.entries.clear();
+            }
             self.snapshot = Some(s.clone());
         }
         if let Some(first) = entries.first() {
@@ -133,13 +143,64 @@ impl Disk {
     }
 }
 
-/// The applied state of one node: the log of applied commands, and a snapshot point.
+/// The applied state of one node: every applied command, the key-value store they build,
+/// and the results of the clients' operations.
 #[derive(Clone, Debug, Default)]
 struct Applied {
-    /// (index, command) for every applied command after the snapshot point.
+    /// (index, command) for every applied command.
     commands: Vec<(Index, Bytes)>,
     /// Applied index.
     index: Index,
+    kv: BTreeMap<u64, u64>,
+    results: HashMap<(u64, u64), KvRet>,
+}
+
+/// Marks a command as a client's key-value operation.
+const KV_TAG: &[u8] = b"KV";
+
+impl Applied {
+    fn apply(&mut self, index: Index, command: Bytes) {
+        if let Some(rest) = command.strip_prefix(KV_TAG) {
+            if let Ok((client, seq, op)) = rmp_serde::from_slice::<(u64, u64, KvOp)>(rest) {
+                let (value, ret) = op.apply(self.kv.get(&op.key()).copied());
+                match value {
+                    Some(v) => self.kv.insert(op.key(), v),
+                    None => self.kv.remove(&op.key()),
+                };
+                self.results.insert((client, seq), ret);
+            }
+        }
+        self.commands.push((index, command));
+    }
+
+    fn restore(data: &[u8], index: Index) -> Applied {
+        let mut a = Applied::default();
+        for (i, c) in decode_commands(data) {
+            a.apply(i, c);
+        }
+        a.index = index;
+        a
+    }
+}
+
+enum Waiting {
+    Write { seq: u64 },
+    Read { ctx: u64, index: Option<Index> },
+}
+
+struct Pending {
+    op: KvOp,
+    node: NodeId,
+    call: u64,
+    deadline: u64,
+    waiting: Waiting,
+}
+
+/// A simulated client issuing one key-value operation at a time.
+struct Client {
+    id: u64,
+    seq: u64,
+    pending: Option<Pending>,
 }
 
 struct SimNode {
@@ -182,6 +243,10 @@ pub struct Sim {
     pub delivered: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    clients: Vec<Client>,
+    keys: u64,
+    history: Vec<Event>,
+    next_value: u64,
 }
 
 impl Sim {
@@ -200,6 +265,10 @@ impl Sim {
             committed: BTreeMap::new(),
             delivered: 0,
             snapshots_installed: 0,
+            clients: Vec::new(),
+            keys: 1,
+            history: Vec::new(),
+            next_value: 0,
             opts,
         };
         for id in 1..=sim.opts.nodes {
@@ -231,7 +300,11 @@ impl Sim {
     }
 
     fn fail(&self, what: String) -> ! {
-        fail_at(self.opts.seed, self.step, what)
+        fail_at(
+            self.opts.seed,
+            self.step,
+            format!("{what}\n{}", self.dump()),
+        )
     }
 
     /// The current step.
@@ -292,10 +365,156 @@ impl Sim {
             }
         }
         self.random_crashes();
+        self.drive_clients();
         for id in 1..=self.size() {
             self.handle_ready(id);
         }
         self.check();
+    }
+
+    /// Adds `n` clients that issue puts, gets and compare-and-sets on `keys` keys, one
+    /// operation at a time each, through whichever node they pick. Their history is
+    /// checked by [`Sim::check_linearizable`].
+    pub fn add_clients(&mut self, n: u64, keys: u64) {
+        self.keys = keys.max(1);
+        for _ in 0..n {
+            let id = self.clients.len() as u64 + 1;
+            self.clients.push(Client {
+                id,
+                seq: 0,
+                pending: None,
+            });
+        }
+    }
+
+    /// The client history so far.
+    pub fn history(&self) -> &[Event] {
+        &self.history
+    }
+
+    /// Checks the clients' history for linearizability; panics with the seed if it fails.
+    pub fn check_linearizable(&self) {
+        if let Err(v) = lincheck::check(&self.history) {
+            self.fail(format!("linearizability: {v}"));
+        }
+    }
+
+    fn drive_clients(&mut self) {
+        const TIMEOUT: u64 = 2000;
+        let now = self.step;
+        for c in 0..self.clients.len() {
+            if let Some(p) = self.clients[c].pending.take() {
+                let client = self.clients[c].id;
+                match self.poll_client(client, p) {
+                    Ok(event) => self.history.push(event),
+                    Err(p) if now >= p.deadline || !self.is_up(p.node) => {
+                        if let Waiting::Write { .. } = p.waiting {
+                            // The client never learns whether it happened.
+                            self.history.push(Event {
+                                op: p.op,
+                                call: p.call,
+                                ret_at: 0,
+                                ret: KvRet::Unknown,
+                            });
+                        }
+                    }
+                    Err(p) => self.clients[c].pending = Some(p),
+                }
+                continue;
+            }
+            if self.rng.gen_range(0..10) != 0 {
+                continue;
+            }
+            self.start_op(c, now + TIMEOUT);
+        }
+    }
+
+    fn start_op(&mut self, c: usize, deadline: u64) {
+        let key = self.rng.gen_range(0..self.keys);
+        self.next_value += 1;
+        let value = self.next_value;
+        let op = match self.rng.gen_range(0..3) {
+            0 => KvOp::Put { key, value },
+            1 => KvOp::Get { key },
+            _ => {
+                let expected = match self.rng.gen_range(0..3) {
+                    0 => None,
+                    _ => Some(self.rng.gen_range(value.saturating_sub(20)..=value)),
+                };
+                KvOp::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
+            }
+        };
+        let node = match self.leader() {
+            Some(l) if self.rng.gen_range(0..10) < 8 => l,
+            _ => NodeId(self.rng.gen_range(1..=self.size())),
+        };
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let (id, seq) = (client.id, client.seq);
+        let call = self.step;
+        let waiting = match op {
+            KvOp::Get { .. } => {
+                let ctx = id << 32 | seq;
+                match self.node_mut(node).map(|r| r.read_index(ctx)) {
+                    Some(Ok(())) => Waiting::Read { ctx, index: None },
+                    _ => return,
+                }
+            }
+            _ => {
+                let mut data = KV_TAG.to_vec();
+                data.extend(rmp_serde::to_vec(&(id, seq, op)).expect("serializes"));
+                match self.propose(node, Bytes::from(data)) {
+                    Ok(_) => Waiting::Write { seq },
+                    Err(_) => return, // refused: it never entered any log
+                }
+            }
+        };
+        self.clients[c].pending = Some(Pending {
+            op,
+            node,
+            call,
+            deadline,
+            waiting,
+        });
+    }
+
+    /// Completes `p` if its node has answered.
+    fn poll_client(&mut self, client: u64, mut p: Pending) -> Result<Event, Pending> {
+        let now = self.step;
+        let i = p.node.0 as usize - 1;
+        if self.nodes[i].raw.is_none() {
+            return Err(p);
+        }
+        let node = &mut self.nodes[i];
+        let ret = match &mut p.waiting {
+            Waiting::Write { seq } => node.applied.results.get(&(client, *seq)).copied(),
+            Waiting::Read { ctx, index } => {
+                if index.is_none() {
+                    if let Some(pos) = node.read_states.iter().position(|r| r.ctx == *ctx) {
+                        *index = Some(node.read_states.swap_remove(pos).index);
+                    }
+                }
+                match index {
+                    Some(at) if node.applied.index >= *at => {
+                        Some(KvRet::Value(node.applied.kv.get(&p.op.key()).copied()))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        match ret {
+            Some(ret) => Ok(Event {
+                op: p.op,
+                call: p.call,
+                ret_at: now,
+                ret,
+            }),
+            None => Err(p),
+        }
     }
 
     fn random_crashes(&mut self) {
@@ -344,8 +563,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         if let Some(s) = &ready.snapshot {
             self.snapshots_installed += 1;
-            node.applied.commands = decode_commands(&s.data);
-            node.applied.index = s.meta.index;
+            node.applied = Applied::restore(&s.data, s.meta.index);
         }
         for e in &ready.committed {
             if e.index <= node.applied.index {
@@ -360,7 +578,7 @@ impl Sim {
             }
             node.applied.index = e.index;
             if let Payload::Command(c) = &e.payload {
-                node.applied.commands.push((e.index, c.clone()));
+                node.applied.apply(e.index, c.clone());
             }
             match self.applied_log.get(&e.index) {
                 Some((t, p)) if (*t, p) != (e.term, &e.payload) => fail_at(seed, step, format!(
@@ -438,10 +656,7 @@ impl Sim {
         let raw = self.boot(id.0, persisted);
         let n = &mut self.nodes[i];
         n.applied = match &disk.snapshot {
-            Some(s) => Applied {
-                commands: decode_commands(&s.data),
-                index: s.meta.index,
-            },
+            Some(s) => Applied::restore(&s.data, s.meta.index),
             None => Applied::default(),
         };
         n.last_commit = raw.commit_index();
@@ -580,6 +795,41 @@ impl Sim {
     /// Read states delivered to `id` and not yet taken.
     pub fn take_read_states(&mut self, id: NodeId) -> Vec<ReadState> {
         std::mem::take(&mut self.nodes[id.0 as usize - 1].read_states)
+    }
+
+    /// A one-line-per-node account of the cluster, for failure messages.
+    pub fn dump(&self) -> String {
+        let mut out = format!("step {} cut {:?}\n", self.step, self.cut_links());
+        for (i, n) in self.nodes.iter().enumerate() {
+            match &n.raw {
+                None => out.push_str(&format!("  n{}: down\n", i + 1)),
+                Some(r) => {
+                    out.push_str(&format!(
+                        "  n{}: {:?} term {} leader {:?} commit {} applied {} log {}..={} members {:?}\n",
+                        i + 1,
+                        r.role(),
+                        r.term(),
+                        r.leader(),
+                        r.commit_index(),
+                        r.applied_index(),
+                        r.first_index(),
+                        r.last_index(),
+                        r.membership()
+                    ));
+                    for (id, p) in r.progress() {
+                        out.push_str(&format!(
+                            "      {id:?}: match {} next {} {:?} inflight {} active {}\n",
+                            p.matched,
+                            p.next,
+                            p.mode,
+                            p.inflight.len(),
+                            p.recent_active
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Messages in flight.
