@@ -4,6 +4,8 @@
 //! transport's raw round trip, the full layer stack), because the machines that run these
 //! benches are shared and noisy.
 
+pub mod raft_cluster;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

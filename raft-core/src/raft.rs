@@ -736,6 +736,16 @@ impl Raft {
         if m.to != self.cfg.id {
             return;
         }
+        if let (true, Body::RequestVote { .. }, Some((epoch, cand))) =
+            (self.cfg.ordered_election, &m.body, self.epoch_vote)
+        {
+            // The fabric shows every voter an epoch's requests in one order; having granted
+            // the first valid one, ignore the rest of the epoch (as if lost), whatever their
+            // term, so the voters cannot split.
+            if epoch == m.epoch && cand != m.from && m.term >= self.term {
+                return;
+            }
+        }
         if m.term > self.term {
             if let Body::RequestVote { transfer, .. } = m.body {
                 let in_lease = self.cfg.check_quorum
@@ -817,19 +827,15 @@ impl Raft {
         else {
             return;
         };
-        if self.cfg.ordered_election {
-            // Every voter sees the epoch's requests in one order: consider only the first.
-            match self.epoch_vote {
-                Some((epoch, cand)) if epoch == m.epoch && cand != m.from => return,
-                _ => self.epoch_vote = Some((m.epoch, m.from)),
-            }
-        }
         let can_vote = self.vote == Some(m.from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre && m.term > self.term);
         let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
         let term = if granted { m.term } else { self.term };
         self.send(m.from, term, Body::VoteResponse { pre, granted });
+        if granted && self.cfg.ordered_election {
+            self.epoch_vote = Some((m.epoch, m.from));
+        }
         if granted && !pre {
             self.election_elapsed = 0;
             self.vote = Some(m.from);

@@ -394,8 +394,31 @@ impl Sim {
 
     /// Checks the clients' history for linearizability; panics with the seed if it fails.
     pub fn check_linearizable(&self) {
-        if let Err(v) = lincheck::check(&self.history) {
-            self.fail(format!("linearizability: {v}"));
+        // Writes still waiting for an answer may or may not have taken effect.
+        let mut history = self.history.clone();
+        for p in self.clients.iter().filter_map(|c| c.pending.as_ref()) {
+            if let Waiting::Write { .. } = p.waiting {
+                history.push(Event {
+                    op: p.op,
+                    call: p.call,
+                    ret_at: 0,
+                    ret: KvRet::Unknown,
+                });
+            }
+        }
+        if let Err(v) = lincheck::check(&history) {
+            let mut events: Vec<&Event> = history.iter().filter(|e| e.op.key() == v.key).collect();
+            events.sort_by_key(|e| e.call);
+            let lines: Vec<String> = events
+                .iter()
+                .map(|e| {
+                    format!(
+                        "  [{:>5} .. {:>5}] {:?} -> {:?}",
+                        e.call, e.ret_at, e.op, e.ret
+                    )
+                })
+                .collect();
+            self.fail(format!("linearizability: {v}\n{}", lines.join("\n")));
         }
     }
 

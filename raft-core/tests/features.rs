@@ -220,3 +220,57 @@ fn unreliable_network_with_membership_churn_stays_safe() {
     s.set_faults(Faults::none());
     commit(&mut s, "final", 3);
 }
+
+/// On a fabric with total order and barriers, every voter sees an epoch's vote requests in
+/// the same order and considers only the first: a later request of the same epoch is
+/// ignored even with a higher term, so two candidates cannot split the votes.
+#[test]
+fn ordered_election_considers_only_the_first_request_of_an_epoch() {
+    use weft_raft::{Body, Membership, Message, Persisted, RawNode};
+    let voters = Membership::with_voters((1..=5).map(NodeId));
+    let new = |ordered: bool| {
+        let mut cfg = Config::new(NodeId(3));
+        cfg.ordered_election = ordered;
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+        RawNode::new(cfg, voters.clone(), Persisted::default()).unwrap()
+    };
+    let req = |from: u32, term: u64, epoch: u64| Message {
+        from: NodeId(from),
+        to: NodeId(3),
+        term,
+        epoch,
+        body: Body::RequestVote {
+            pre: false,
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    };
+    let granted_to = |node: &mut RawNode| -> Vec<u32> {
+        let rd = node.ready();
+        node.advance(&rd);
+        rd.messages
+            .iter()
+            .filter(|m| matches!(m.body, Body::VoteResponse { granted: true, .. }))
+            .map(|m| m.to.0)
+            .collect()
+    };
+    let mut ordered = new(true);
+    ordered.step(req(1, 2, 7));
+    ordered.step(req(2, 3, 7));
+    assert_eq!(granted_to(&mut ordered), vec![1]);
+    assert_eq!((ordered.term(), ordered.vote()), (2, Some(NodeId(1))));
+    ordered.step(req(2, 3, 8));
+    assert_eq!(
+        granted_to(&mut ordered),
+        vec![2],
+        "a new epoch is considered afresh"
+    );
+
+    // Plain Raft moves to the higher term and votes again: the votes can split.
+    let mut plain = new(false);
+    plain.step(req(1, 2, 7));
+    plain.step(req(2, 3, 7));
+    assert_eq!(granted_to(&mut plain), vec![1, 2]);
+}

@@ -1,0 +1,90 @@
+//! A Raft cluster driven on one thread over a [`Transport`]: every node's `Ready` is handled
+//! in turn (persistence is a no-op: the benchmark measures consensus, not a disk), messages
+//! go through the transport encoded as MessagePack, and inboxes are drained in turn.
+
+use bytes::Bytes;
+use weft_raft::{Config, Membership, Message, NodeId, Persisted, RawNode, Role};
+use weft_transport::Transport;
+
+/// Nodes and their transports, indexed by id - 1.
+pub struct Cluster {
+    nodes: Vec<RawNode>,
+    transports: Vec<Box<dyn Transport>>,
+    /// Pump rounds run so far: one round handles every ready and every inbox once.
+    pub rounds: u64,
+}
+
+impl Cluster {
+    /// A cluster of one node per transport (transport `i` is node `i + 1`), elected.
+    pub fn new(transports: Vec<Box<dyn Transport>>) -> Cluster {
+        let voters = Membership::with_voters((1..=transports.len() as u32).map(NodeId));
+        let nodes = (1..=transports.len() as u32)
+            .map(|id| {
+                let mut cfg = Config::new(NodeId(id));
+                cfg.max_inflight = 1024;
+                RawNode::new(cfg, voters.clone(), Persisted::default()).expect("valid config")
+            })
+            .collect();
+        let mut c = Cluster {
+            nodes,
+            transports,
+            rounds: 0,
+        };
+        c.nodes[0].campaign();
+        for _ in 0..10_000 {
+            if c.nodes[0].role() == Role::Leader && c.nodes[0].commit_index() >= 1 {
+                return c;
+            }
+            c.pump();
+        }
+        panic!("node 1 was not elected");
+    }
+
+    /// The leader (node 1).
+    pub fn leader(&mut self) -> &mut RawNode {
+        &mut self.nodes[0]
+    }
+
+    /// One round: every node hands out its ready (sent over the transport), then every
+    /// inbox is drained into its node. Returns whether anything moved.
+    pub fn pump(&mut self) -> bool {
+        self.rounds += 1;
+        let mut moved = false;
+        for (node, t) in self.nodes.iter_mut().zip(&self.transports) {
+            if !node.has_ready() {
+                continue;
+            }
+            moved = true;
+            let rd = node.ready();
+            for m in &rd.messages {
+                let _ = t.send(m.to, m.encode());
+            }
+            node.advance(&rd);
+        }
+        for (node, t) in self.nodes.iter_mut().zip(&self.transports) {
+            while let Ok(d) = t.inbox().try_recv() {
+                moved = true;
+                if let Ok(m) = Message::decode(&d.bytes) {
+                    node.step(m);
+                }
+            }
+        }
+        moved
+    }
+
+    /// Proposes `n` commands at the leader and pumps until all are committed; returns the
+    /// pump rounds it took.
+    pub fn commit(&mut self, n: usize, payload: &Bytes) -> u64 {
+        let start = self.rounds;
+        let mut last = 0;
+        for _ in 0..n {
+            last = self.nodes[0]
+                .propose(payload.clone())
+                .expect("leader accepts");
+        }
+        while self.nodes[0].commit_index() < last {
+            assert!(self.pump() || self.rounds - start < 1000, "stalled");
+        }
+        self.rounds - start
+    }
+}
