@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use weft_bench::{cluster_config, loopback_addrs, Echo};
+use weft_bench::{cluster_config, echo_pair, loopback_addrs};
 use weft_transport::{open, BackendConfig, LayerKind, MemConfig, NodeId, Transport, UdpConfig};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -16,6 +16,14 @@ const WAIT: Duration = Duration::from_secs(5);
 fn round_trip(t: &dyn Transport, msg: &Bytes) {
     t.send(NodeId(2), msg.clone()).expect("send");
     t.inbox().recv_timeout(WAIT).expect("echo");
+}
+
+fn mem() -> BackendConfig {
+    BackendConfig::Mem(MemConfig::default())
+}
+
+fn udp() -> BackendConfig {
+    BackendConfig::Udp(UdpConfig::default())
 }
 
 fn bench_rtt(c: &mut Criterion) {
@@ -27,25 +35,18 @@ fn bench_rtt(c: &mut Criterion) {
     {
         cluster += 1;
         let addrs = loopback_addrs(2);
-        let mem = || BackendConfig::Mem(MemConfig::default());
-        let a = open(&cluster_config(
-            cluster,
-            1,
-            &addrs,
-            mem(),
-            Some(vec![]),
-            true,
-        ))
-        .unwrap();
-        let b = open(&cluster_config(
-            cluster,
-            2,
-            &addrs,
-            mem(),
-            Some(vec![]),
-            true,
-        ))
-        .unwrap();
+        let end = |id| {
+            open(&cluster_config(
+                cluster,
+                id,
+                &addrs,
+                mem(),
+                Some(vec![]),
+                true,
+            ))
+            .unwrap()
+        };
+        let (a, b) = (end(1), end(2));
         group.bench_function("hop", |bch| {
             bch.iter(|| {
                 a.send(NodeId(2), msg.clone()).unwrap();
@@ -58,28 +59,7 @@ fn bench_rtt(c: &mut Criterion) {
         ("rtt/stack", vec![Fifo, Reliable, Auth]),
     ] {
         cluster += 1;
-        let addrs = loopback_addrs(2);
-        let mem = || BackendConfig::Mem(MemConfig::default());
-        let a = open(&cluster_config(
-            cluster,
-            1,
-            &addrs,
-            mem(),
-            Some(layers.clone()),
-            true,
-        ))
-        .unwrap();
-        let _echo = Echo::start(
-            open(&cluster_config(
-                cluster,
-                2,
-                &addrs,
-                mem(),
-                Some(layers),
-                true,
-            ))
-            .unwrap(),
-        );
+        let (a, _echo) = echo_pair(cluster, mem, layers, true);
         group.bench_function(name, |bch| bch.iter(|| round_trip(a.as_ref(), &msg)));
     }
     group.finish();
@@ -91,28 +71,7 @@ fn bench_rtt(c: &mut Criterion) {
         ("rtt/stack-fast", vec![Fifo, Reliable, Auth], true),
     ] {
         cluster += 1;
-        let addrs = loopback_addrs(2);
-        let udp = || BackendConfig::Udp(UdpConfig::default());
-        let a = open(&cluster_config(
-            cluster,
-            1,
-            &addrs,
-            udp(),
-            Some(layers.clone()),
-            fast,
-        ))
-        .unwrap();
-        let _echo = Echo::start(
-            open(&cluster_config(
-                cluster,
-                2,
-                &addrs,
-                udp(),
-                Some(layers),
-                fast,
-            ))
-            .unwrap(),
-        );
+        let (a, _echo) = echo_pair(cluster, udp, layers, fast);
         group.bench_function(name, |bch| bch.iter(|| round_trip(a.as_ref(), &msg)));
     }
     group.finish();

@@ -59,6 +59,29 @@ pub fn loopback_addrs(n: usize) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Node 1 of a fresh two-node cluster `cluster` on `backend` with `layers`, and node 2
+/// answering it: the two ends of a round-trip measurement.
+pub fn echo_pair(
+    cluster: u64,
+    backend: impl Fn() -> BackendConfig,
+    layers: Vec<LayerKind>,
+    fast_path: bool,
+) -> (Box<dyn Transport>, Echo) {
+    let addrs = loopback_addrs(2);
+    let end = |id| {
+        let cfg = cluster_config(
+            cluster,
+            id,
+            &addrs,
+            backend(),
+            Some(layers.clone()),
+            fast_path,
+        );
+        weft_transport::open(&cfg).expect("open a benchmark transport")
+    };
+    (end(1), Echo::start(end(2)))
+}
+
 /// Answers every message with the same bytes until dropped: the far end of a round trip.
 pub struct Echo {
     stop: Arc<AtomicBool>,

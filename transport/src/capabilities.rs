@@ -100,6 +100,17 @@ impl Capabilities {
         }
     }
 
+    /// Refuses a message larger than [`Capabilities::max_message`].
+    pub fn check_size(&self, len: usize) -> Result<(), crate::TransportError> {
+        if len > self.max_message {
+            return Err(crate::TransportError::TooLarge {
+                size: len,
+                max: self.max_message,
+            });
+        }
+        Ok(())
+    }
+
     /// The names of the capabilities provided, for logs and `weft status`.
     pub fn names(&self) -> Vec<&'static str> {
         Capability::ALL

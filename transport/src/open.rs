@@ -94,15 +94,7 @@ pub fn plan_layers(
             layers.push(layer);
         }
     }
-    let headers: usize = layers
-        .iter()
-        .map(|l| match l {
-            LayerKind::Fifo => crate::layer::fifo::OVERHEAD,
-            LayerKind::Reliable => crate::layer::reliable::OVERHEAD,
-            LayerKind::Auth => crate::layer::auth::OVERHEAD,
-            LayerKind::Fragment => 0,
-        })
-        .sum();
+    let headers: usize = layers.iter().map(|l| l.overhead()).sum();
     if cfg.max_message > native.max_message.saturating_sub(headers) {
         layers.push(LayerKind::Fragment);
     }

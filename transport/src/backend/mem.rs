@@ -386,22 +386,12 @@ impl Transport for MemTransport {
         if self.peers.binary_search(&to).is_err() {
             return Err(TransportError::UnknownPeer(to));
         }
-        if msg.len() > self.caps.max_message {
-            return Err(TransportError::TooLarge {
-                size: msg.len(),
-                max: self.caps.max_message,
-            });
-        }
+        self.caps.check_size(msg.len())?;
         self.fabric.carry(self.local, to, msg, &self.counters)
     }
 
     fn broadcast(&self, msg: Bytes) -> Result<(), TransportError> {
-        if msg.len() > self.caps.max_message {
-            return Err(TransportError::TooLarge {
-                size: msg.len(),
-                max: self.caps.max_message,
-            });
-        }
+        self.caps.check_size(msg.len())?;
         for &to in &self.peers {
             self.fabric
                 .carry(self.local, to, msg.clone(), &self.counters)?;

@@ -184,16 +184,6 @@ impl UdpTransport {
         FrameHeader::data(self.cluster, self.local)
     }
 
-    fn check_size(&self, msg: &Bytes) -> Result<(), TransportError> {
-        if msg.len() > self.caps.max_message {
-            return Err(TransportError::TooLarge {
-                size: msg.len(),
-                max: self.caps.max_message,
-            });
-        }
-        Ok(())
-    }
-
     fn send_frame(&self, to: NodeId, addr: SocketAddr, frame: &[u8]) -> io::Result<()> {
         self.socket.send_to(frame, addr)?;
         Counters::bump(&self.counters.frames_sent);
@@ -219,7 +209,7 @@ impl Transport for UdpTransport {
     /// not that it arrived.
     fn send(&self, to: NodeId, msg: Bytes) -> Result<(), TransportError> {
         let addr = *self.addrs.get(&to).ok_or(TransportError::UnknownPeer(to))?;
-        self.check_size(&msg)?;
+        self.caps.check_size(msg.len())?;
         let header = self.header();
         SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -235,7 +225,7 @@ impl Transport for UdpTransport {
     /// first error is returned after every peer was tried, so an `Err` here may still mean
     /// some peers received the message, which is no worse than ordinary datagram loss.
     fn broadcast(&self, msg: Bytes) -> Result<(), TransportError> {
-        self.check_size(&msg)?;
+        self.caps.check_size(msg.len())?;
         let frame = frame::encode(&self.header(), &msg);
         let mut first_err = None;
         for &peer in &self.peers {

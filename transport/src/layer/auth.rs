@@ -107,10 +107,6 @@ impl Layer for Auth {
         Some(Capability::AuthenticatedSource)
     }
 
-    fn overhead(&self) -> usize {
-        OVERHEAD
-    }
-
     fn down(&mut self, dest: Dest, msg: Bytes, ctx: &mut Ctx<'_>) {
         ctx.send_down(dest, self.seal(dest, &msg));
     }

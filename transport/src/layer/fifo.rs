@@ -158,10 +158,6 @@ impl Layer for Fifo {
         Some(Capability::FifoPerPeer)
     }
 
-    fn overhead(&self) -> usize {
-        OVERHEAD
-    }
-
     fn down(&mut self, dest: Dest, msg: Bytes, ctx: &mut Ctx<'_>) {
         // The stack expands broadcasts before per-peer layers, so `dest` is one node.
         let Dest::Node(peer) = dest else {

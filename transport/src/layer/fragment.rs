@@ -205,10 +205,6 @@ impl Layer for Fragment {
         None
     }
 
-    fn overhead(&self) -> usize {
-        PIECE_HEADER
-    }
-
     fn down(&mut self, dest: Dest, msg: Bytes, ctx: &mut Ctx<'_>) {
         if self.fits_whole(msg.len()) {
             ctx.send_down(dest, Fragment::whole(&msg));

@@ -34,6 +34,19 @@ use bytes::Bytes;
 
 use crate::{Capability, Counters, Dest, LayerKind, NodeId};
 
+impl LayerKind {
+    /// Bytes of header the layer puts on a data frame, at most: lets the stack size
+    /// fragments so that a frame still fits the fabric once every lower header is on.
+    pub fn overhead(self) -> usize {
+        match self {
+            LayerKind::Fragment => fragment::PIECE_HEADER,
+            LayerKind::Fifo => fifo::OVERHEAD,
+            LayerKind::Reliable => reliable::OVERHEAD,
+            LayerKind::Auth => auth::OVERHEAD,
+        }
+    }
+}
+
 /// Events a layer hands to its neighbours while handling one event.
 ///
 /// `down` goes to the layer below (or the wire), `up` to the layer above (or the
@@ -88,10 +101,6 @@ pub trait Layer: Send {
     /// The capability the layer adds, if it adds one (fragmentation raises the message
     /// size limit instead).
     fn adds(&self) -> Option<Capability>;
-
-    /// Bytes of header this layer puts on a frame, at most: lets the stack size fragments
-    /// so that the frame still fits the fabric once every lower header is on.
-    fn overhead(&self) -> usize;
 
     /// A message from above, for `dest`.
     fn down(&mut self, dest: Dest, msg: Bytes, ctx: &mut Ctx<'_>);

@@ -288,10 +288,6 @@ impl Layer for Reliable {
         Some(Capability::Reliable)
     }
 
-    fn overhead(&self) -> usize {
-        OVERHEAD
-    }
-
     fn down(&mut self, dest: Dest, msg: Bytes, ctx: &mut Ctx<'_>) {
         // The stack expands broadcasts before per-peer layers and checks window room.
         let Dest::Node(peer) = dest else {

@@ -151,16 +151,10 @@ impl StackBuilder {
         }
         let has = |k| kinds.contains(&k);
         let lossy_below = !(self.native.reliable || has(LayerKind::Reliable));
-        let overhead = |k: LayerKind| match k {
-            LayerKind::Fragment => fragment::PIECE_HEADER,
-            LayerKind::Fifo => super::fifo::OVERHEAD,
-            LayerKind::Reliable => super::reliable::OVERHEAD,
-            LayerKind::Auth => super::auth::OVERHEAD,
-        };
         let below_fragment: usize = kinds
             .iter()
             .filter(|k| **k != LayerKind::Fragment)
-            .map(|k| overhead(*k))
+            .map(|k| k.overhead())
             .sum();
         let frame_limit = self.native.max_message.saturating_sub(below_fragment);
         let mut caps = self.native.clone();
@@ -332,12 +326,7 @@ impl Stack {
         now: Instant,
         out: &mut Output,
     ) -> Result<(), TransportError> {
-        if msg.len() > self.caps.max_message {
-            return Err(TransportError::TooLarge {
-                size: msg.len(),
-                max: self.caps.max_message,
-            });
-        }
+        self.caps.check_size(msg.len())?;
         if let Dest::Node(peer) = dest {
             if self.peers.binary_search(&peer).is_err() {
                 return Err(TransportError::UnknownPeer(peer));
