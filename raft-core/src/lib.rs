@@ -13,9 +13,11 @@
 //! fabrics whose [`weft_transport::Capabilities`] report `total_order` and `barrier`.
 
 mod config;
+pub mod kv;
 pub mod lincheck;
 pub mod log;
 mod message;
+pub mod node;
 pub mod progress;
 pub mod quorum;
 mod raft;

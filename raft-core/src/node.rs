@@ -1,0 +1,604 @@
+//! The node runtime: one thread that drives a [`RawNode`] over a [`Transport`], persists
+//! through a [`LogStore`], applies to the [`KvStore`], and answers clients.
+//!
+//! Why one thread: the core is a single state machine, so a thread that owns it needs no
+//! locks on the hot path; throughput comes from batching instead. Each loop iteration
+//! drains every message and request that arrived meanwhile, then handles one `Ready` with a
+//! single `persist` call: one fsync covers every entry of the batch (group commit). The
+//! Ready contract is kept to the letter: persist, then send, then apply, then advance, so
+//! no write is acknowledged before it is durable on a majority.
+//!
+//! Back-pressure: requests enter through a bounded queue; when it is full, `submit` says
+//! `Busy` at once instead of letting latency grow without bound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
+use weft_transport::Transport;
+
+use crate::kv::{KvOutcome, KvRequest, KvStore};
+use crate::{
+    Change, Config, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted,
+    ProposeError, RawNode, Role, Snapshot, Term,
+};
+
+/// Where a node's log goes: the write-ahead log on disk, or nowhere (benchmarks, tests).
+pub trait LogStore: Send {
+    /// Makes one Ready's snapshot, entries and hard state durable, in that order.
+    fn persist(
+        &mut self,
+        hard: Option<HardState>,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+    ) -> Result<(), String>;
+    /// Records a local snapshot; entries it covers may be dropped.
+    fn compact(&mut self, snapshot: &Snapshot) -> Result<(), String>;
+}
+
+/// A store that keeps nothing: for benchmarks of consensus alone, and tests.
+#[derive(Debug, Default)]
+pub struct NoStore;
+
+impl LogStore for NoStore {
+    fn persist(
+        &mut self,
+        _: Option<HardState>,
+        _: Option<&Snapshot>,
+        _: &[Entry],
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn compact(&mut self, _: &Snapshot) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Settings of the runtime around the core.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The Raft settings.
+    pub raft: Config,
+    /// The members when the cluster is new.
+    pub bootstrap: Membership,
+    /// Length of one tick (election timeouts are `election_tick..2*election_tick` ticks).
+    pub tick: Duration,
+    /// Compact the log into a snapshot when this many applied entries follow the last one.
+    pub snapshot_entries: u64,
+    /// Requests that may wait in the queue before `submit` answers `Busy`.
+    pub queue: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for node `id` of a cluster whose members are `voters`: 15 ms ticks (so
+    /// 150-300 ms election timeouts with the default 10-tick elections), snapshots every
+    /// 10,000 entries, a queue of 65,536 requests.
+    pub fn new(id: NodeId, voters: impl IntoIterator<Item = NodeId>) -> NodeConfig {
+        NodeConfig {
+            raft: Config::new(id),
+            bootstrap: Membership::with_voters(voters),
+            tick: Duration::from_millis(15),
+            snapshot_entries: 10_000,
+            queue: 1 << 16,
+        }
+    }
+}
+
+/// Why a request failed. `NotLeader` and `Stopped` leave a write's fate unknown: retry it
+/// with the same client id and sequence number, and it is applied at most once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// This node does not lead; `leader` is its best guess.
+    #[error("not the leader (try {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The request queue is full.
+    #[error("node is busy: request queue full")]
+    Busy,
+    /// The node has stopped (shut down, or its storage failed).
+    #[error("node stopped")]
+    Stopped,
+    /// The request was refused for another reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResult {
+    /// One key's value.
+    Value(Option<Bytes>),
+    /// The whole dictionary.
+    All(BTreeMap<String, Bytes>),
+}
+
+/// rafty's `diagnostic`: what a node knows about itself and the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Leader, candidate or follower.
+    pub role: String,
+    /// Current term.
+    pub term: Term,
+    /// Vote in the current term.
+    pub voted_for: Option<NodeId>,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Voters, outgoing voters (during a change) and learners.
+    pub membership: Membership,
+    /// Commit index.
+    pub commit: Index,
+    /// Applied index.
+    pub applied: Index,
+    /// Last log index.
+    pub last_index: Index,
+    /// Reads, writes and appends (entries persisted) per second, over the last 10 seconds,
+    /// oldest first.
+    pub reads_per_s: Vec<u64>,
+    /// See `reads_per_s`.
+    pub writes_per_s: Vec<u64>,
+    /// See `reads_per_s`.
+    pub appends_per_s: Vec<u64>,
+}
+
+type Reply<T> = Sender<Result<T, NodeError>>;
+
+enum Request {
+    Write(KvRequest, Reply<KvOutcome>),
+    Read {
+        key: Option<String>,
+        linearizable: bool,
+        reply: Reply<ReadResult>,
+    },
+    Membership(Vec<Change>, Reply<Index>),
+    Transfer(NodeId, Reply<()>),
+    Status(Sender<Status>),
+}
+
+/// A handle to a running node; cheap to clone and share across threads.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: Sender<Request>,
+}
+
+impl NodeHandle {
+    fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Receiver<Result<T, NodeError>> {
+        let (reply, rx) = bounded(1);
+        match self.tx.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(r)) => fail(r, NodeError::Busy),
+            Err(TrySendError::Disconnected(r)) => fail(r, NodeError::Stopped),
+        }
+        rx
+    }
+
+    /// Submits a write; the receiver yields its outcome once applied.
+    pub fn write(&self, req: KvRequest) -> Receiver<Result<KvOutcome, NodeError>> {
+        self.submit(|r| Request::Write(req, r))
+    }
+
+    /// Submits a read of `key` (all keys if `None`); linearizable reads confirm leadership
+    /// first (ReadIndex), stale ones answer from this node's state at once.
+    pub fn read(
+        &self,
+        key: Option<String>,
+        linearizable: bool,
+    ) -> Receiver<Result<ReadResult, NodeError>> {
+        self.submit(|reply| Request::Read {
+            key,
+            linearizable,
+            reply,
+        })
+    }
+
+    /// Proposes a membership change (leader only).
+    pub fn change_membership(&self, changes: Vec<Change>) -> Receiver<Result<Index, NodeError>> {
+        self.submit(|r| Request::Membership(changes, r))
+    }
+
+    /// Asks the leader to hand over to `to`.
+    pub fn transfer_leader(&self, to: NodeId) -> Receiver<Result<(), NodeError>> {
+        self.submit(|r| Request::Transfer(to, r))
+    }
+
+    /// The node's diagnostic, or `None` if it stopped.
+    pub fn status(&self) -> Option<Status> {
+        let (tx, rx) = bounded(1);
+        self.tx.send(Request::Status(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+}
+
+/// Answers a request that never reached the node.
+fn fail(r: Request, e: NodeError) {
+    match r {
+        Request::Write(_, reply) => drop(reply.send(Err(e))),
+        Request::Read { reply, .. } => drop(reply.send(Err(e))),
+        Request::Membership(_, reply) => drop(reply.send(Err(e))),
+        Request::Transfer(_, reply) => drop(reply.send(Err(e))),
+        Request::Status(_) => {}
+    }
+}
+
+/// A running node: dropping it stops the thread (a clean shutdown, not a crash).
+pub struct Node {
+    handle: NodeHandle,
+    stop: Sender<()>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Mutex<Option<String>>>,
+}
+
+impl Node {
+    /// Starts node `cfg.raft.id` from what `store` recovered, over `transport`.
+    pub fn start(
+        cfg: NodeConfig,
+        recovered: Persisted,
+        store: Box<dyn LogStore>,
+        transport: Box<dyn Transport>,
+    ) -> Result<Node, NodeError> {
+        let mut raft = cfg.raft.clone().for_fabric(transport.capabilities());
+        raft.id = transport.local();
+        let kv = match &recovered.snapshot {
+            Some(s) => KvStore::restore(&s.data)
+                .map_err(|e| NodeError::Refused(format!("snapshot unreadable: {e}")))?,
+            None => KvStore::new(),
+        };
+        let raw = RawNode::new(raft, cfg.bootstrap.clone(), recovered)
+            .map_err(|e| NodeError::Refused(e.to_string()))?;
+        let (tx, rx) = bounded(cfg.queue.max(1));
+        let (stop, stopped) = bounded(1);
+        let shared = Arc::new(Mutex::new(None));
+        let mut runtime = Runtime {
+            raw,
+            kv,
+            store,
+            transport,
+            requests: rx,
+            stopped,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            waiting_apply: Vec::new(),
+            next_ctx: 1,
+            rates: Rates::default(),
+            snapshot_entries: cfg.snapshot_entries,
+            tick: cfg.tick,
+            failure: Arc::clone(&shared),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("weft-node-{}", runtime.raw.id()))
+            .spawn(move || runtime.run())
+            .map_err(|e| NodeError::Refused(format!("cannot start the node thread: {e}")))?;
+        Ok(Node {
+            handle: NodeHandle { tx },
+            stop,
+            thread: Some(thread),
+            shared,
+        })
+    }
+
+    /// A handle for clients.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Why the node stopped on its own (storage failure), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Per-second counters over the last 10 seconds.
+#[derive(Default)]
+struct Rates {
+    second: u64,
+    slots: [[u64; 3]; 10],
+}
+
+impl Rates {
+    fn add(&mut self, kind: usize, n: u64) {
+        let now = epoch_seconds();
+        if now != self.second {
+            let gap = (now.saturating_sub(self.second)).min(10);
+            for k in 1..=gap {
+                self.slots[((self.second + k) % 10) as usize] = [0; 3];
+            }
+            self.second = now;
+        }
+        self.slots[(now % 10) as usize][kind] += n;
+    }
+
+    fn series(&self, kind: usize) -> Vec<u64> {
+        (1..=10)
+            .map(|k| self.slots[((self.second + k) % 10) as usize][kind])
+            .collect()
+    }
+}
+
+fn epoch_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+const READS: usize = 0;
+const WRITES: usize = 1;
+const APPENDS: usize = 2;
+
+struct PendingRead {
+    key: Option<String>,
+    reply: Reply<ReadResult>,
+}
+
+struct Runtime {
+    raw: RawNode,
+    kv: KvStore,
+    store: Box<dyn LogStore>,
+    transport: Box<dyn Transport>,
+    requests: Receiver<Request>,
+    stopped: Receiver<()>,
+    /// Writes proposed here, by log index: the term they were proposed in, and the reply.
+    writes: HashMap<Index, (Term, Reply<KvOutcome>)>,
+    /// Linearizable reads waiting for their read index, by context.
+    reads: HashMap<u64, PendingRead>,
+    /// Reads whose index is known, waiting for it to be applied.
+    waiting_apply: Vec<(Index, PendingRead)>,
+    next_ctx: u64,
+    rates: Rates,
+    snapshot_entries: u64,
+    tick: Duration,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Runtime {
+    fn run(&mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        let inbox = self.transport.inbox().clone();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            select! {
+                recv(inbox) -> d => match d {
+                    Ok(d) => self.on_delivery(d),
+                    Err(_) => break,
+                },
+                recv(self.requests) -> r => match r {
+                    Ok(r) => self.on_request(r),
+                    Err(_) => break,
+                },
+                recv(self.stopped) -> _ => break,
+                default(wait) => {}
+            }
+            // Batch: take everything else that is already here.
+            while let Ok(d) = inbox.try_recv() {
+                self.on_delivery(d);
+            }
+            while let Ok(r) = self.requests.try_recv() {
+                self.on_request(r);
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick += self.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.tick;
+                }
+            }
+            if let Err(e) = self.handle_ready() {
+                tracing::error!(node = %self.raw.id(), error = %e, "storage failed; node stops");
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                break;
+            }
+        }
+        self.fail_all(NodeError::Stopped);
+    }
+
+    fn on_delivery(&mut self, d: weft_transport::Delivery) {
+        match Message::decode(&d.bytes) {
+            Ok(mut m) => {
+                if m.from != d.from && self.transport.capabilities().authenticated_source {
+                    tracing::warn!(claimed = %m.from, actual = %d.from, "message claims another sender; dropped");
+                    return;
+                }
+                m.epoch = d.epoch;
+                self.raw.step(m);
+            }
+            Err(e) => {
+                tracing::debug!(from = %d.from, error = %e, "undecodable raft message dropped")
+            }
+        }
+    }
+
+    fn on_request(&mut self, r: Request) {
+        match r {
+            Request::Write(req, reply) => {
+                self.rates.add(WRITES, 1);
+                match self.raw.propose(req.encode()) {
+                    Ok(index) => {
+                        self.writes.insert(index, (self.raw.term(), reply));
+                    }
+                    Err(e) => drop(reply.send(Err(refused(e)))),
+                }
+            }
+            Request::Read {
+                key,
+                linearizable,
+                reply,
+            } => {
+                self.rates.add(READS, 1);
+                let read = PendingRead { key, reply };
+                if !linearizable {
+                    self.answer(read);
+                    return;
+                }
+                let ctx = self.next_ctx;
+                self.next_ctx += 1;
+                match self.raw.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, read);
+                    }
+                    Err(e) => drop(read.reply.send(Err(refused(e)))),
+                }
+            }
+            Request::Membership(changes, reply) => {
+                let _ = reply.send(self.raw.propose_membership(changes).map_err(refused));
+            }
+            Request::Transfer(to, reply) => {
+                let _ = reply.send(self.raw.transfer_leader(to).map_err(refused));
+            }
+            Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn answer(&self, read: PendingRead) {
+        let result = match read.key {
+            Some(k) => ReadResult::Value(self.kv.get(&k).cloned()),
+            None => ReadResult::All(self.kv.all().clone()),
+        };
+        let _ = read.reply.send(Ok(result));
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            id: self.raw.id(),
+            role: format!("{:?}", self.raw.role()),
+            term: self.raw.term(),
+            voted_for: self.raw.vote(),
+            leader: self.raw.leader(),
+            membership: self.raw.membership().clone(),
+            commit: self.raw.commit_index(),
+            applied: self.raw.applied_index(),
+            last_index: self.raw.last_index(),
+            reads_per_s: self.rates.series(READS),
+            writes_per_s: self.rates.series(WRITES),
+            appends_per_s: self.rates.series(APPENDS),
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<(), String> {
+        while self.raw.has_ready() {
+            let rd = self.raw.ready();
+            // 1. Durable first: one persist (one fsync) for the whole batch.
+            self.store
+                .persist(rd.hard_state, rd.snapshot.as_ref(), &rd.entries)?;
+            self.rates.add(APPENDS, rd.entries.len() as u64);
+            // 2. Then tell the others.
+            for m in &rd.messages {
+                if let Err(e) = self.transport.send(m.to, m.encode()) {
+                    tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
+                }
+            }
+            // 3. Then apply.
+            if let Some(s) = &rd.snapshot {
+                self.kv = KvStore::restore(&s.data)
+                    .map_err(|e| format!("snapshot from the leader is unreadable: {e}"))?;
+            }
+            for e in &rd.committed {
+                self.apply(e);
+            }
+            for rs in &rd.read_states {
+                if let Some(read) = self.reads.remove(&rs.ctx) {
+                    self.waiting_apply.push((rs.index, read));
+                }
+            }
+            let applied = self.kv.applied();
+            let (ready_now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_apply)
+                .into_iter()
+                .partition(|(i, _)| *i <= applied);
+            self.waiting_apply = later;
+            for (_, read) in ready_now {
+                self.answer(read);
+            }
+            if let Some(soft) = rd.soft_state {
+                if soft.role != Role::Leader {
+                    // Writes proposed here may still commit under the next leader; the
+                    // client retries with the same sequence number and gets one effect.
+                    for (_, (_, reply)) in self.writes.drain() {
+                        let _ = reply.send(Err(NodeError::NotLeader {
+                            leader: soft.leader,
+                        }));
+                    }
+                    for (_, read) in self.reads.drain() {
+                        let _ = read.reply.send(Err(NodeError::NotLeader {
+                            leader: soft.leader,
+                        }));
+                    }
+                }
+            }
+            self.raw.advance(&rd);
+            self.maybe_snapshot()?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, e: &Entry) {
+        let outcome = match &e.payload {
+            Payload::Command(data) => self.kv.apply(e.index, data).map(|(_, _, o)| o),
+            Payload::Empty | Payload::Membership(_) => {
+                self.kv.skip(e.index);
+                None
+            }
+        };
+        if let Some((term, reply)) = self.writes.remove(&e.index) {
+            let result = match outcome {
+                Some(o) if term == e.term => Ok(o),
+                // Another leader's entry took this index: ours was lost.
+                _ => Err(NodeError::NotLeader {
+                    leader: self.raw.leader(),
+                }),
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), String> {
+        let applied = self.raw.applied_index();
+        if self.snapshot_entries == 0 || applied < self.raw.first_index() + self.snapshot_entries {
+            return Ok(());
+        }
+        let snap = self
+            .raw
+            .compact(applied, self.kv.snapshot())
+            .map_err(|e| e.to_string())?;
+        self.store.compact(&snap)
+    }
+
+    fn fail_all(&mut self, e: NodeError) {
+        for (_, (_, reply)) in self.writes.drain() {
+            let _ = reply.send(Err(e.clone()));
+        }
+        for (_, read) in self.reads.drain() {
+            let _ = read.reply.send(Err(e.clone()));
+        }
+        for (_, read) in self.waiting_apply.drain(..) {
+            let _ = read.reply.send(Err(e.clone()));
+        }
+        while let Ok(r) = self.requests.try_recv() {
+            fail(r, e.clone());
+        }
+    }
+}
+
+fn refused(e: ProposeError) -> NodeError {
+    match e {
+        ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
+        other => NodeError::Refused(other.to_string()),
+    }
+}

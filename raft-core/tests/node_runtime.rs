@@ -1,0 +1,190 @@
+//! The node runtime on real threads over the `mem` transport: writes through the leader,
+//! linearizable reads, a leader crash in the middle, and retries that apply once.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weft_raft::kv::{KvCommand, KvOutcome, KvRequest};
+use weft_raft::node::{NoStore, Node, NodeConfig, NodeError, NodeHandle, ReadResult};
+use weft_raft::{NodeId, Persisted};
+use weft_transport::{open, BackendConfig, LayerTuning, MemConfig, NodeSpec, TransportConfig};
+
+fn transport(cluster: u64, id: u32, n: u32) -> Box<dyn weft_transport::Transport> {
+    open(&TransportConfig {
+        cluster_id: cluster,
+        local: NodeId(id),
+        nodes: (1..=n)
+            .map(|i| NodeSpec {
+                id: NodeId(i),
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            })
+            .collect(),
+        backend: BackendConfig::Mem(MemConfig::default()),
+        require: vec![],
+        max_message: 1 << 20,
+        layers: None,
+        fast_path: true,
+        tuning: LayerTuning::default(),
+        key: None,
+    })
+    .unwrap()
+}
+
+fn start(cluster: u64, id: u32, n: u32) -> Node {
+    let mut cfg = NodeConfig::new(NodeId(id), (1..=n).map(NodeId));
+    cfg.tick = Duration::from_millis(5);
+    cfg.snapshot_entries = 200;
+    Node::start(
+        cfg,
+        Persisted::default(),
+        Box::new(NoStore),
+        transport(cluster, id, n),
+    )
+    .unwrap()
+}
+
+/// Sends `req` to whichever node leads, following redirects, until it is applied.
+fn write(handles: &[Option<NodeHandle>], req: &KvRequest) -> KvOutcome {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut at = 0usize;
+    while Instant::now() < deadline {
+        let Some(h) = &handles[at % handles.len()] else {
+            at += 1;
+            continue;
+        };
+        match h.write(req.clone()).recv_timeout(Duration::from_secs(2)) {
+            Ok(Ok(o)) => return o,
+            Ok(Err(NodeError::NotLeader { leader: Some(l) }))
+                if handles[l.0 as usize - 1].is_some() =>
+            {
+                at = l.0 as usize - 1;
+            }
+            _ => {
+                at += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    panic!("write {req:?} never applied");
+}
+
+fn read(handles: &[Option<NodeHandle>], key: &str) -> Option<Bytes> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut at = 0usize;
+    while Instant::now() < deadline {
+        if let Some(h) = &handles[at % handles.len()] {
+            if let Ok(Ok(ReadResult::Value(v))) = h
+                .read(Some(key.into()), true)
+                .recv_timeout(Duration::from_secs(2))
+            {
+                return v;
+            }
+        }
+        at += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("read of {key} never answered");
+}
+
+fn put(client: u64, seq: u64, key: &str, value: &str) -> KvRequest {
+    KvRequest {
+        client,
+        seq,
+        command: KvCommand::Put {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        },
+    }
+}
+
+#[test]
+fn writes_survive_a_leader_crash_and_retries_apply_once() {
+    let mut nodes: Vec<Option<Node>> = (1..=3).map(|i| Some(start(0xA0DE_0001, i, 3))).collect();
+    let handles = |nodes: &[Option<Node>]| {
+        nodes
+            .iter()
+            .map(|n| n.as_ref().map(Node::handle))
+            .collect::<Vec<_>>()
+    };
+    let h = handles(&nodes);
+    for i in 0..300u64 {
+        write(
+            &h,
+            &put(1, i + 1, &format!("k{}", i % 50), &format!("v{i}")),
+        );
+    }
+    assert_eq!(read(&h, "k49").as_deref(), Some(&b"v299"[..]));
+    // A retry of an applied write: same answer, no second effect.
+    let again = write(&h, &put(1, 300, "k49", "v299"));
+    assert_eq!(
+        again,
+        KvOutcome::Done {
+            previous: Some(Bytes::from_static(b"v249"))
+        }
+    );
+
+    let leader = (0..3)
+        .find(|i| {
+            h[*i]
+                .as_ref()
+                .and_then(|h| h.status())
+                .is_some_and(|s| s.role == "Leader")
+        })
+        .expect("a leader");
+    nodes[leader] = None; // the leader stops
+    let h = handles(&nodes);
+    for i in 300..400u64 {
+        write(
+            &h,
+            &put(1, i + 1, &format!("k{}", i % 50), &format!("v{i}")),
+        );
+    }
+    for k in 0..50u64 {
+        let last = (300..400).rev().find(|i| i % 50 == k).unwrap();
+        assert_eq!(
+            read(&h, &format!("k{k}")),
+            Some(Bytes::from(format!("v{last}")))
+        );
+    }
+    let status = h.iter().flatten().find_map(|h| h.status()).unwrap();
+    assert!(status.applied >= 400, "{status:?}");
+    assert!(status.writes_per_s.iter().sum::<u64>() > 0);
+}
+
+#[test]
+fn followers_redirect_and_stale_reads_answer_locally() {
+    let nodes: Vec<Node> = (1..=3).map(|i| start(0xA0DE_0002, i, 3)).collect();
+    let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
+    write(&h, &put(9, 1, "x", "1"));
+    let follower = h
+        .iter()
+        .flatten()
+        .find(|h| {
+            h.status()
+                .is_some_and(|s| s.role == "Follower" && s.leader.is_some())
+        })
+        .unwrap();
+    match follower
+        .write(put(9, 2, "x", "2"))
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap()
+    {
+        Err(NodeError::NotLeader { leader: Some(_) }) => {}
+        other => panic!("expected a redirect, got {other:?}"),
+    }
+    // A stale read never blocks; eventually it sees the write.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = follower
+            .read(Some("x".into()), false)
+            .recv()
+            .unwrap()
+            .unwrap();
+        if r == ReadResult::Value(Some(Bytes::from_static(b"1"))) {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
