@@ -33,7 +33,7 @@
 //! Errors name the file and the dotted key (`cluster.nodes[2].addr`; node indexes count from
 //! 0 in file order). The cluster key is read and checked when the config is loaded.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,9 +88,34 @@ pub struct ClusterConfig {
     pub key_file: Option<PathBuf>,
     /// The cluster key read from [`Self::key_file`].
     pub key: Option<ClusterKey>,
+    /// `cluster.nodes[].client`: where each node serves clients, if given.
+    pub clients: BTreeMap<NodeId, SocketAddr>,
+    /// Sections for the layers above the transport (`[raft]`, `[service]`), kept raw.
+    sections: BTreeMap<String, toml::Table>,
 }
 
 impl ClusterConfig {
+    /// Reads section `[name]` (`raft` or `service`) as `T`, or `T::default()` if absent.
+    /// Errors name the file and the section; `T` should deny unknown fields.
+    pub fn section<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        match self.sections.get(name) {
+            None => Ok(T::default()),
+            Some(table) => {
+                table
+                    .clone()
+                    .try_into()
+                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                        path: self.path.clone(),
+                        key: name.to_string(),
+                        message: e.message().to_string(),
+                    })
+            }
+        }
+    }
+
     /// Reads and validates the cluster config file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<ClusterConfig, ConfigError> {
         let path = path.as_ref();
@@ -157,6 +182,12 @@ struct RawFile {
     transport: RawTransport,
     #[serde(default)]
     security: Option<RawSecurity>,
+    /// Settings of the layers above the transport, read by their own crates through
+    /// [`ClusterConfig::section`].
+    #[serde(default)]
+    raft: Option<toml::Table>,
+    #[serde(default)]
+    service: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +204,9 @@ struct RawNode {
     id: i64,
     /// Parsed here rather than by serde so the error names the node's key.
     addr: String,
+    /// Where the node serves clients (TCP), if it does.
+    #[serde(default)]
+    client: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +288,16 @@ impl Validator<'_> {
             cluster,
             transport,
             security,
+            raft,
+            service,
         } = raw;
+        let mut sections = BTreeMap::new();
+        for (name, table) in [("raft", raft), ("service", service)] {
+            if let Some(t) = table {
+                sections.insert(name.to_string(), t);
+            }
+        }
+        let clients = self.clients(&cluster.nodes)?;
 
         let kind = self.kind(&transport.kind)?;
         let nodes = self.nodes(&cluster.nodes, kind)?;
@@ -310,7 +353,29 @@ impl Validator<'_> {
             tuning,
             key_file,
             key,
+            clients,
+            sections,
         })
+    }
+
+    fn clients(&self, raw: &[RawNode]) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (i, node) in raw.iter().enumerate() {
+            let Some(text) = &node.client else { continue };
+            let addr: SocketAddr = text.trim().parse().map_err(|_| {
+                self.invalid(
+                    format!("cluster.nodes[{i}].client"),
+                    format!(
+                        "`{}` is not a socket address; expected host:port with an IP address",
+                        text.escape_debug()
+                    ),
+                )
+            })?;
+            if let Ok(id) = u32::try_from(node.id) {
+                out.insert(NodeId(id), addr);
+            }
+        }
+        Ok(out)
     }
 
     fn kind(&self, kind: &str) -> Result<Kind, ConfigError> {
@@ -1106,6 +1171,54 @@ partitions = [[1, 2], [3]]
         // A `#` after digits on the same line is not a comment.
         assert!(decode_hex_key(b"dead # c").is_err());
         assert!(decode_hex_key("é0".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn client_addresses_and_upper_sections() {
+        #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        struct Raft {
+            tick_ms: u64,
+        }
+        let cfg = parse(
+            r#"
+[cluster]
+id = 1
+nodes = [{ id = 1, addr = "127.0.0.1:7101", client = "127.0.0.1:7201" }]
+[transport]
+kind = "mem"
+[raft]
+tick_ms = 15
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.clients[&NodeId(1)], "127.0.0.1:7201".parse().unwrap());
+        assert_eq!(cfg.section::<Raft>("raft").unwrap(), Raft { tick_ms: 15 });
+        assert_eq!(cfg.section::<Raft>("service").unwrap(), Raft::default());
+        let bad = parse(
+            r#"
+[cluster]
+id = 1
+nodes = [{ id = 1, addr = "127.0.0.1:7101", client = "nowhere" }]
+[transport]
+kind = "mem"
+"#,
+        );
+        assert_invalid(bad, "cluster.nodes[0].client", "not a socket address");
+        let typo = parse(
+            r#"
+[cluster]
+id = 1
+nodes = [{ id = 1, addr = "127.0.0.1:7101" }]
+[transport]
+kind = "mem"
+[raft]
+tick_sm = 15
+"#,
+        )
+        .unwrap();
+        let err = typo.section::<Raft>("raft").unwrap_err().to_string();
+        assert!(err.contains("raft") && err.contains("tick_sm"), "{err}");
     }
 
     #[test]
