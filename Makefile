@@ -2,7 +2,8 @@
 #
 #   make deps    check (as root: install) the Debian packages the workspace builds against
 #   make test    deps, then formatting, clippy and every test of the workspace
-#   make demo    deps, then a release build and a loopback ping over the UDP transport
+#   make demo    deps, then a release build and `weft demo`: a 3-node cluster on loopback,
+#                a workload, a leader kill, and a check that no acknowledged write was lost
 #   make bench   the criterion benches of weft-bench
 #   make clean   remove the build cache
 #
@@ -23,7 +24,7 @@ help:
 	@echo "targets:"
 	@echo "  make deps    check (as root: install) the system packages: $(PACKAGES)"
 	@echo "  make test    fmt check, clippy -D warnings, all tests"
-	@echo "  make demo    release build, then ping a 3-node UDP cluster over loopback"
+	@echo "  make demo    release build, then a 3-node cluster, a workload and a leader kill"
 	@echo "  make bench   cargo bench -p weft-bench"
 	@echo "  make clean   remove the build cache ($(CARGO_TARGET_DIR))"
 
@@ -71,7 +72,7 @@ test: deps
 
 demo: deps
 	$(CARGO) build --release -p weft
-	$(WEFT) transport ping --config examples/cluster-udp.toml --node 1 --local-peers --count 2000
+	$(WEFT) demo
 
 bench: deps
 	$(CARGO) bench -p weft-bench

@@ -11,6 +11,11 @@ use weft_transport::NodeId;
 /// The command tree, shown after `weft --help`.
 const COMMAND_TREE: &str = "\
 Command tree:
+  weft demo             a 3-node cluster in separate processes, a workload, a leader crash
+  weft node             run one cluster member (durable log, transport, client service)
+  weft kv               get, put, del, cas, all against a running cluster
+  weft status           every node's role, term, leader, commit and rates
+  weft cluster          add, learner, remove, transfer: membership and leadership
   weft transport ping   measure round-trip times from one node to its peers
   weft transport echo   answer pings for one node (the other end of `ping`)
 
@@ -32,6 +37,17 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start a 3-node cluster as separate processes on loopback, run a mixed workload,
+    /// kill the leader mid-run, and check that no acknowledged write was lost.
+    Demo(DemoArgs),
+    /// Run one cluster member until killed: its durable log, transport and client service.
+    Node(RunNodeArgs),
+    /// Read and write the replicated dictionary.
+    Kv(KvArgs),
+    /// Show every node's diagnostic.
+    Status(StatusArgs),
+    /// Change membership or hand over leadership.
+    Cluster(ClusterArgs),
     /// Exercise a cluster's transport directly: measure round trips, answer them.
     #[command(subcommand)]
     Transport(TransportCommand),
@@ -49,6 +65,135 @@ pub enum TransportCommand {
     Ping(PingArgs),
     /// Answer pings for one node until killed (or for `--duration-s`).
     Echo(EchoArgs),
+}
+
+/// Arguments of `weft demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Operations in the workload (70 % writes, 30 % linearizable reads).
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: u64,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Keep the cluster's data and logs (in the system temp directory) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Arguments of `weft node`.
+#[derive(Debug, Args)]
+pub struct RunNodeArgs {
+    /// The cluster config file (TOML); the node's entry needs a `client` address.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// This node's id.
+    #[arg(long, value_name = "N", value_parser = parse_node_id)]
+    pub id: NodeId,
+    /// Where the write-ahead log and snapshots live (default: `weft-data/node-N` beside
+    /// the config file).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Arguments of `weft kv`.
+#[derive(Debug, Args)]
+pub struct KvArgs {
+    /// The cluster config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Read from whichever node answers, without confirming it is current.
+    #[arg(long)]
+    pub stale: bool,
+    /// The operation.
+    #[command(subcommand)]
+    pub command: KvCommand,
+}
+
+/// `weft kv ...`
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Print the whole dictionary.
+    All,
+    /// Set a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Remove a key.
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Set a key only if it holds an expected value.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value required (`--expected` omitted: the key must be absent).
+        #[arg(long)]
+        expected: Option<String>,
+        /// The new value (omitted: remove the key).
+        #[arg(long)]
+        new: Option<String>,
+    },
+}
+
+/// Arguments of `weft status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The cluster config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Arguments of `weft cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The cluster config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The change.
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+/// `weft cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Make a node a voter (through joint consensus).
+    Add {
+        /// The node.
+        #[arg(value_parser = parse_node_id)]
+        node: NodeId,
+    },
+    /// Add a node as a learner (it receives the log but does not vote).
+    Learner {
+        /// The node.
+        #[arg(value_parser = parse_node_id)]
+        node: NodeId,
+    },
+    /// Remove a node.
+    Remove {
+        /// The node.
+        #[arg(value_parser = parse_node_id)]
+        node: NodeId,
+    },
+    /// Hand leadership to a node.
+    Transfer {
+        /// The node.
+        #[arg(value_parser = parse_node_id)]
+        node: NodeId,
+    },
 }
 
 /// Which cluster, and which member of it this process acts as.

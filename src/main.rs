@@ -1,13 +1,16 @@
 //! `weft`: the command line of weft, Raft consensus and a learned atomic-commit runtime on a
 //! pluggable, hardware-aware transport stack.
 //!
-//! Today it has the transport tools: `weft transport ping` measures round-trip times over
-//! a cluster's configured transport, and `weft transport echo` answers them. Run
-//! `weft --help` for the command tree.
+//! `weft node` runs a cluster member, `weft kv`, `weft status` and `weft cluster` talk to a
+//! running cluster, `weft demo` shows it all on loopback, and `weft transport ping|echo`
+//! measure the fabric underneath. Run `weft --help` for the command tree.
 
 mod cli;
+mod demo;
 mod echo;
+mod kv_cmd;
 mod latency;
+mod node_cmd;
 mod ping;
 mod proto;
 mod report;
@@ -65,6 +68,11 @@ fn error_chain(err: &anyhow::Error) -> String {
 /// Dispatches a parsed command line.
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Node(args) => node_cmd::run(args),
+        Command::Kv(args) => kv_cmd::run_kv(args),
+        Command::Status(args) => kv_cmd::run_status(args),
+        Command::Cluster(args) => kv_cmd::run_cluster(args),
         Command::Transport(TransportCommand::Ping(args)) => ping::run(args),
         Command::Transport(TransportCommand::Echo(args)) => echo::run(args),
     }

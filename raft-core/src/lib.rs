@@ -12,6 +12,7 @@
 //! learners; leadership transfer; ReadIndex and lease reads; and ordered elections on
 //! fabrics whose [`weft_transport::Capabilities`] report `total_order` and `barrier`.
 
+pub mod client;
 mod config;
 pub mod kv;
 pub mod lincheck;
@@ -22,7 +23,9 @@ pub mod progress;
 pub mod quorum;
 mod raft;
 mod raw_node;
+pub mod service;
 pub mod sim;
+pub mod storage;
 mod types;
 
 pub use config::{Config, ConfigError};

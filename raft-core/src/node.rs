@@ -602,3 +602,60 @@ fn refused(e: ProposeError) -> NodeError {
         other => NodeError::Refused(other.to_string()),
     }
 }
+
+/// The `[raft]` section of a cluster config file: what a deployment tunes about its nodes.
+/// Every field is optional; absent ones keep [`NodeConfig::new`]'s defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// Length of a tick in milliseconds (default 15).
+    pub tick_ms: Option<u64>,
+    /// Election timeout in ticks (randomized up to twice this; default 10).
+    pub election_tick: Option<u32>,
+    /// Heartbeat interval in ticks (default 1).
+    pub heartbeat_tick: Option<u32>,
+    /// Applied entries between snapshots (default 10,000).
+    pub snapshot_entries: Option<u64>,
+    /// Pre-vote (default on).
+    pub pre_vote: Option<bool>,
+    /// Check-quorum and leader lease (default on).
+    pub check_quorum: Option<bool>,
+    /// Lease-based reads (default off).
+    pub lease_reads: Option<bool>,
+    /// The voters of a new cluster (default: every node in `cluster.nodes`); the others
+    /// start outside the configuration and join through `weft cluster add`.
+    pub voters: Option<Vec<u32>>,
+}
+
+impl RaftSettings {
+    /// The runtime settings for node `id` of a cluster whose nodes are `members`.
+    pub fn node_config(&self, id: NodeId, members: &[NodeId]) -> NodeConfig {
+        let voters: Vec<NodeId> = match &self.voters {
+            Some(v) => v.iter().map(|n| NodeId(*n)).collect(),
+            None => members.to_vec(),
+        };
+        let mut cfg = NodeConfig::new(id, voters);
+        if let Some(ms) = self.tick_ms {
+            cfg.tick = Duration::from_millis(ms.max(1));
+        }
+        if let Some(t) = self.election_tick {
+            cfg.raft.election_tick = t;
+        }
+        if let Some(t) = self.heartbeat_tick {
+            cfg.raft.heartbeat_tick = t;
+        }
+        if let Some(n) = self.snapshot_entries {
+            cfg.snapshot_entries = n;
+        }
+        if let Some(b) = self.pre_vote {
+            cfg.raft.pre_vote = b;
+        }
+        if let Some(b) = self.check_quorum {
+            cfg.raft.check_quorum = b;
+        }
+        if let Some(b) = self.lease_reads {
+            cfg.raft.lease_reads = b;
+        }
+        cfg
+    }
+}

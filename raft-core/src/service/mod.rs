@@ -1,0 +1,554 @@
+//! The client service: a node's key-value API over TCP (rafty's client protocol, with
+//! persistent, pipelined connections).
+//!
+//! [`serve`] starts a server for one node: it listens on [`ServerConfig::listen`], reads
+//! length-prefixed MessagePack frames ([`protocol`]), hands each request to the node through
+//! its [`NodeHandle`], and writes each reply, tagged with the request's id, as soon as the
+//! node answers. Many requests may be in flight on one connection (up to
+//! [`ServerConfig::max_in_flight`]); replies come back in completion order.
+//!
+//! What a follower does: it redirects writes, membership changes and leadership transfers
+//! to the leader ([`protocol::Reply::Redirect`], with the leader's client address when
+//! [`ServerConfig::peers_clients`] knows it); it serves linearizable reads itself, by
+//! asking the leader for a read index (ReadIndex), and stale reads from its own state.
+//!
+//! Robustness: a frame that is not a valid request gets an [`ErrorKind::BadRequest`] reply
+//! (with the request id if it can be read) and the connection goes on, since the frame
+//! boundary is intact; a frame longer than [`ServerConfig::max_frame`] gets an
+//! [`ErrorKind::FrameTooLarge`] reply and the connection is closed; a truncated frame (the
+//! peer closes, or stalls for [`ServerConfig::frame_timeout`] inside a frame) closes the
+//! connection. None of these touch other connections.
+//!
+//! Threads: the server owns a small tokio runtime (2 worker threads by default) for the
+//! sockets, and one thread that waits on the node's reply channels (see `bridge`), so that
+//! no tokio worker ever blocks on the node. Dropping the [`Server`] stops all of them and
+//! closes every connection.
+
+mod bridge;
+pub mod protocol;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::kv::{KvCommand, KvOutcome, KvRequest};
+use crate::node::{NodeError, NodeHandle, ReadResult};
+use crate::{NodeId, ProposeError};
+use bridge::{Bridge, BridgeHandle};
+use protocol::{
+    decode, encode_frame, frame_len, ClientReply, ClientRequest, Consistency, ErrorKind, Reply,
+    Request, RequestId, DEFAULT_MAX_FRAME, LENGTH_PREFIX, UNKNOWN_REQUEST,
+};
+
+/// Settings of a client service.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen (port 0: any free port; see [`Server::local_addr`]).
+    pub listen: SocketAddr,
+    /// Largest frame payload accepted, and sent, in bytes (default 4 MiB).
+    pub max_frame: usize,
+    /// The client addresses of the cluster's nodes, used in redirects. Can be updated
+    /// while running with [`Server::set_peer_client`].
+    pub peers_clients: BTreeMap<NodeId, SocketAddr>,
+    /// Requests in flight per connection (received, not yet answered); when reached, the
+    /// server stops reading that connection until replies go out. Default 4096.
+    pub max_in_flight: usize,
+    /// How long a request may wait for the node before it is answered with
+    /// [`ErrorKind::Timeout`]. Default 5 s.
+    pub request_timeout: Duration,
+    /// How long the rest of a frame may take once its length prefix arrived; past it the
+    /// connection is closed. Default 10 s.
+    pub frame_timeout: Duration,
+    /// Worker threads of the server's runtime. Default 2.
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// Defaults, listening on `listen`, with no peer addresses.
+    pub fn new(listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            listen,
+            max_frame: DEFAULT_MAX_FRAME,
+            peers_clients: BTreeMap::new(),
+            max_in_flight: 4096,
+            request_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            workers: 2,
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The configuration is unusable.
+    #[error("invalid service configuration: {0}")]
+    Config(String),
+    /// The runtime, the listener or a thread could not be created.
+    #[error("cannot start the client service: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running client service; dropping it stops the service and closes its connections
+/// (the node itself keeps running). Do not drop it from inside an async context.
+pub struct Server {
+    runtime: Option<tokio::runtime::Runtime>,
+    bridge: Option<Bridge>,
+    local_addr: SocketAddr,
+    peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
+}
+
+impl Server {
+    /// The address the service listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sets (or changes) the client address of node `id`, used in redirects to it.
+    pub fn set_peer_client(&self, id: NodeId, addr: SocketAddr) {
+        self.peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, addr);
+    }
+
+    /// Forgets the client address of node `id`.
+    pub fn remove_peer_client(&self, id: NodeId) {
+        self.peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// The client addresses known for redirects.
+    pub fn peers_clients(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        self.bridge.take();
+    }
+}
+
+/// Starts the client service for the node behind `handle`.
+pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceError> {
+    if cfg.max_frame == 0 || cfg.max_frame > u32::MAX as usize {
+        return Err(ServiceError::Config(format!(
+            "max_frame must be in 1..=4294967295, not {}",
+            cfg.max_frame
+        )));
+    }
+    if cfg.max_in_flight == 0 || cfg.max_in_flight > Semaphore::MAX_PERMITS {
+        return Err(ServiceError::Config(
+            "max_in_flight must be positive".into(),
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers.max(1))
+        .max_blocking_threads(4)
+        .thread_name("weft-client-svc")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let listener = runtime.block_on(TcpListener::bind(cfg.listen))?;
+    let local_addr = listener.local_addr()?;
+    let bridge = Bridge::start(format!("weft-svc-wait-{}", local_addr.port()))?;
+    let peers = Arc::new(RwLock::new(cfg.peers_clients.clone()));
+    let shared = Arc::new(Shared {
+        node: handle,
+        bridge: bridge.handle(),
+        peers: Arc::clone(&peers),
+        max_frame: cfg.max_frame,
+        max_in_flight: cfg.max_in_flight,
+        request_timeout: cfg.request_timeout,
+        frame_timeout: cfg.frame_timeout,
+    });
+    runtime.spawn(accept_loop(listener, shared));
+    Ok(Server {
+        runtime: Some(runtime),
+        bridge: Some(bridge),
+        local_addr,
+        peers,
+    })
+}
+
+/// What every connection of a server shares.
+struct Shared {
+    node: NodeHandle,
+    bridge: BridgeHandle,
+    peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
+    max_frame: usize,
+    max_in_flight: usize,
+    request_timeout: Duration,
+    frame_timeout: Duration,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tracing::trace!(%peer, "client connected");
+                tokio::spawn(connection(stream, Arc::clone(&shared)));
+            }
+            Err(e) => {
+                // Out of file descriptors, say: wait a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// What the reader (and the node's answers) hand to a connection's writer.
+enum Out {
+    /// A reply, and the in-flight slot it frees once written.
+    Reply(ClientReply, Option<OwnedSemaphorePermit>),
+    /// A last reply; then the connection closes.
+    Close(ClientReply),
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = unbounded_channel();
+    let writer = tokio::spawn(write_loop(wr, rx, shared.max_frame));
+    if let Some(rd) = read_loop(rd, tx, &shared).await {
+        // Closing on purpose: let the last reply go out, then read (and discard) what the
+        // peer still sends for a moment, so that closing does not reset the connection
+        // before the peer has read the reply.
+        let _ = writer.await;
+        drain(rd).await;
+    }
+    // Otherwise the writer finishes on its own once the answers in flight are written.
+}
+
+/// Reads requests until the peer closes; returns the read half if the connection must be
+/// closed after a last reply.
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    out: UnboundedSender<Out>,
+    shared: &Arc<Shared>,
+) -> Option<OwnedReadHalf> {
+    let slots = Arc::new(Semaphore::new(shared.max_in_flight));
+    loop {
+        let mut prefix = [0u8; LENGTH_PREFIX];
+        if rd.read_exact(&mut prefix).await.is_err() {
+            return None; // closed between frames (or a partial prefix): done
+        }
+        let len = match frame_len(prefix, shared.max_frame) {
+            Ok(len) => len,
+            Err(e) => {
+                tracing::debug!(error = %e, "oversized frame; closing the connection");
+                let _ = out.send(Out::Close(error(
+                    UNKNOWN_REQUEST,
+                    ErrorKind::FrameTooLarge,
+                    e.to_string(),
+                )));
+                return Some(rd);
+            }
+        };
+        let mut payload = vec![0u8; len];
+        match tokio::time::timeout(shared.frame_timeout, rd.read_exact(&mut payload)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return None, // truncated frame: the peer closed
+            Err(_) => {
+                let _ = out.send(Out::Close(error(
+                    UNKNOWN_REQUEST,
+                    ErrorKind::BadRequest,
+                    "frame incomplete after the frame timeout".into(),
+                )));
+                return Some(rd);
+            }
+        }
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return None;
+        };
+        match decode::<ClientRequest>(&payload) {
+            Ok(req) => {
+                let replier = Replier::new(req.id, &out, slot, shared);
+                dispatch(req, replier, shared)
+            }
+            Err(e) => {
+                let id = protocol::salvage_id(&payload).unwrap_or(UNKNOWN_REQUEST);
+                tracing::debug!(id, error = %e, "bad request frame");
+                let reply = error(id, ErrorKind::BadRequest, e.to_string());
+                let _ = out.send(Out::Reply(reply, Some(slot)));
+            }
+        }
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: UnboundedReceiver<Out>, max_frame: usize) {
+    const BATCH: usize = 256 << 10;
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut slots = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut close = false;
+        // Batch whatever is ready into one write.
+        while let Some(msg) = next.take() {
+            match msg {
+                Out::Reply(reply, slot) => {
+                    append_frame(&mut buf, &reply, max_frame);
+                    slots.extend(slot);
+                }
+                Out::Close(reply) => {
+                    append_frame(&mut buf, &reply, max_frame);
+                    close = true;
+                    break;
+                }
+            }
+            if buf.len() >= BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return; // the peer is gone; answers still coming are dropped
+        }
+        buf.clear();
+        slots.clear();
+        if close {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Appends `reply` as a frame; a reply too large for a frame becomes an error reply.
+fn append_frame(buf: &mut Vec<u8>, reply: &ClientReply, max_frame: usize) {
+    let frame = match encode_frame(reply) {
+        Ok(f) if f.len() - LENGTH_PREFIX <= max_frame => f,
+        Ok(f) => fallback(
+            reply.id,
+            format!(
+                "reply of {} bytes exceeds the maximum frame of {max_frame}",
+                f.len() - LENGTH_PREFIX
+            ),
+        ),
+        Err(e) => fallback(reply.id, format!("reply cannot be encoded: {e}")),
+    };
+    buf.extend_from_slice(&frame);
+
+    fn fallback(id: RequestId, message: String) -> Vec<u8> {
+        encode_frame(&error(id, ErrorKind::FrameTooLarge, message)).unwrap_or_default()
+    }
+}
+
+async fn drain(mut rd: OwnedReadHalf) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut sink = vec![0u8; 16 << 10];
+        let mut total = 0usize;
+        while total < (16 << 20) {
+            match rd.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+fn error(id: RequestId, kind: ErrorKind, message: String) -> ClientReply {
+    ClientReply {
+        id,
+        body: Reply::Error { kind, message },
+    }
+}
+
+/// Answers one request: holds the connection's reply queue and the request's in-flight
+/// slot.
+struct Replier {
+    out: UnboundedSender<Out>,
+    slot: OwnedSemaphorePermit,
+    peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
+    id: RequestId,
+}
+
+impl Replier {
+    fn new(
+        id: RequestId,
+        out: &UnboundedSender<Out>,
+        slot: OwnedSemaphorePermit,
+        shared: &Shared,
+    ) -> Replier {
+        Replier {
+            out: out.clone(),
+            slot,
+            peers: Arc::clone(&shared.peers),
+            id,
+        }
+    }
+
+    fn send(self, body: Reply) {
+        let reply = ClientReply { id: self.id, body };
+        let _ = self.out.send(Out::Reply(reply, Some(self.slot)));
+    }
+
+    /// Answers with `ok(value)`, or with what the node's failure means for the client.
+    fn finish<T>(self, result: Option<Result<T, NodeError>>, ok: impl FnOnce(T) -> Reply) {
+        let body = match result {
+            Some(Ok(v)) => ok(v),
+            Some(Err(e)) => self.failure(e),
+            None => Reply::Error {
+                kind: ErrorKind::Timeout,
+                message: "no answer from the node in time; the outcome is unknown".into(),
+            },
+        };
+        self.send(body);
+    }
+
+    fn failure(&self, e: NodeError) -> Reply {
+        let (kind, message) = match e {
+            NodeError::NotLeader { leader } => {
+                let address = leader.and_then(|l| {
+                    self.peers
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&l)
+                        .map(|a| a.to_string())
+                });
+                return Reply::Redirect { leader, address };
+            }
+            NodeError::Busy => (ErrorKind::Busy, e.to_string()),
+            NodeError::Stopped => (ErrorKind::Unavailable, e.to_string()),
+            NodeError::Refused(m) => {
+                let transient = m == ProposeError::TransferInProgress.to_string()
+                    || m == ProposeError::ChangeInProgress.to_string();
+                let kind = if transient {
+                    ErrorKind::Retry
+                } else {
+                    ErrorKind::Refused
+                };
+                (kind, m)
+            }
+        };
+        Reply::Error { kind, message }
+    }
+}
+
+fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
+    let deadline = Instant::now() + shared.request_timeout;
+    let node = &shared.node;
+    let bridge = &shared.bridge;
+    match req.body {
+        Request::Put {
+            client,
+            seq,
+            key,
+            value,
+        } => write(
+            node,
+            bridge,
+            KvRequest {
+                client,
+                seq,
+                command: KvCommand::Put { key, value },
+            },
+            deadline,
+            replier,
+        ),
+        Request::Delete { client, seq, key } => write(
+            node,
+            bridge,
+            KvRequest {
+                client,
+                seq,
+                command: KvCommand::Delete { key },
+            },
+            deadline,
+            replier,
+        ),
+        Request::Cas {
+            client,
+            seq,
+            key,
+            expected,
+            new,
+        } => write(
+            node,
+            bridge,
+            KvRequest {
+                client,
+                seq,
+                command: KvCommand::Cas { key, expected, new },
+            },
+            deadline,
+            replier,
+        ),
+        Request::Get { key, consistency } => {
+            read(node, bridge, Some(key), consistency, deadline, replier)
+        }
+        Request::GetAll { consistency } => read(node, bridge, None, consistency, deadline, replier),
+        Request::Config { changes } => bridge.wait(
+            node.change_membership(changes),
+            deadline,
+            Box::new(move |r| replier.finish(r, |index| Reply::ConfigAccepted { index })),
+        ),
+        Request::TransferLeader { to } => bridge.wait(
+            node.transfer_leader(to),
+            deadline,
+            Box::new(move |r| replier.finish(r, |()| Reply::TransferStarted)),
+        ),
+        Request::Diagnostic => {
+            let node = node.clone();
+            // `status` blocks (briefly) on the node: keep it off the workers.
+            tokio::task::spawn_blocking(move || {
+                let body = match node.status() {
+                    Some(s) => Reply::Status { status: s.into() },
+                    None => Reply::Error {
+                        kind: ErrorKind::Unavailable,
+                        message: "the node has stopped".into(),
+                    },
+                };
+                replier.send(body);
+            });
+        }
+    }
+}
+
+fn write(
+    node: &NodeHandle,
+    bridge: &BridgeHandle,
+    req: KvRequest,
+    deadline: Instant,
+    replier: Replier,
+) {
+    bridge.wait(
+        node.write(req),
+        deadline,
+        Box::new(move |r| replier.finish(r, |outcome: KvOutcome| Reply::Written { outcome })),
+    );
+}
+
+fn read(
+    node: &NodeHandle,
+    bridge: &BridgeHandle,
+    key: Option<String>,
+    consistency: Consistency,
+    deadline: Instant,
+    replier: Replier,
+) {
+    bridge.wait(
+        node.read(key, consistency == Consistency::Linearizable),
+        deadline,
+        Box::new(move |r| {
+            replier.finish(r, |read| match read {
+                ReadResult::Value(value) => Reply::Value { value },
+                ReadResult::All(entries) => Reply::All { entries },
+            })
+        }),
+    );
+}

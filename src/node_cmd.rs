@@ -1,0 +1,73 @@
+//! `weft node`: one long-running cluster member, with its durable log, its transport and
+//! its client service.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use weft_raft::node::{Node, RaftSettings};
+use weft_raft::service::{serve, ServerConfig};
+use weft_raft::storage::{DiskStorage, StorageOptions};
+use weft_transport::{ClusterConfig, NodeId};
+
+use crate::cli::RunNodeArgs;
+
+/// Where node `id` keeps its data unless told otherwise: beside the config file.
+pub fn default_data_dir(config: &Path, id: NodeId) -> PathBuf {
+    let base = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    base.join("weft-data").join(format!("node-{id}"))
+}
+
+/// Runs the node until the process is killed, or until its storage fails.
+pub fn run(args: &RunNodeArgs) -> anyhow::Result<()> {
+    let cluster = ClusterConfig::load(&args.config)?;
+    let id = args.id;
+    let transport_cfg = cluster.transport_for(id)?;
+    let settings: RaftSettings = cluster.section("raft")?;
+    let listen = *cluster.clients.get(&id).ok_or_else(|| {
+        anyhow!(
+            "{}: node {id} has no `client` address in cluster.nodes; `weft node` serves clients there",
+            args.config.display()
+        )
+    })?;
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_data_dir(&args.config, id));
+    let (store, recovered) =
+        DiskStorage::open(&dir, cluster.cluster_id, id, StorageOptions::default())
+            .with_context(|| format!("opening the data directory {}", dir.display()))?;
+    tracing::info!(
+        node = %id,
+        dir = %dir.display(),
+        term = recovered.hard_state.term,
+        entries = recovered.entries.len(),
+        snapshot = recovered.snapshot.as_ref().map(|s| s.meta.index),
+        "recovered"
+    );
+    let transport = weft_transport::open(&transport_cfg)?;
+    let node_cfg = settings.node_config(id, &cluster.node_ids());
+    let node = Node::start(node_cfg, recovered, Box::new(store), transport)?;
+    let mut service = ServerConfig::new(listen);
+    service.peers_clients = cluster.clients.clone();
+    let server = serve(service, node.handle())?;
+    tracing::info!(node = %id, clients = %server.local_addr(), "serving");
+    let handle = node.handle();
+    let mut last = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(why) = node.failure() {
+            return Err(anyhow!("node {id} stopped: {why}"));
+        }
+        if let Some(s) = handle.status() {
+            let now = (s.role.clone(), s.term, s.leader);
+            if last.as_ref() != Some(&now) {
+                tracing::info!(node = %id, role = %s.role, term = s.term, leader = ?s.leader, "state");
+                last = Some(now);
+            }
+        }
+    }
+}
