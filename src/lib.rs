@@ -1,0 +1,3 @@
+//! The `weft` package's library half: pieces of the command line that tests drive too.
+
+pub mod local_cluster;

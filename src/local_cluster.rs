@@ -1,0 +1,176 @@
+//! A cluster of `weft node` processes on loopback, for the demo and for process-level fault
+//! tests: it writes a config (UDP with the reliable, fifo and auth layers, a fresh key),
+//! starts, kills (SIGKILL) and restarts nodes, and finds the leader. Every process it
+//! started is killed when it is dropped, so a failing run leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use weft_raft::client::{Client, ClientConfig};
+
+/// Node processes of one loopback cluster.
+pub struct LocalCluster {
+    dir: PathBuf,
+    config: PathBuf,
+    exe: PathBuf,
+    procs: BTreeMap<u32, Child>,
+    clients: BTreeMap<u32, SocketAddr>,
+}
+
+fn free_udp() -> std::io::Result<SocketAddr> {
+    UdpSocket::bind("127.0.0.1:0")?.local_addr()
+}
+
+fn free_tcp() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+impl LocalCluster {
+    /// Writes the config of an `n`-node cluster into `dir` (whose first `voters` nodes
+    /// start as voters), to be run by the `weft` executable `exe`. Starts nothing.
+    pub fn create(dir: &Path, exe: &Path, n: u32, voters: u32) -> anyhow::Result<LocalCluster> {
+        fs::create_dir_all(dir)?;
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut key)
+            .context("reading a fresh cluster key from /dev/urandom")?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        fs::write(
+            dir.join("cluster.key"),
+            format!("# generated for a local cluster\n{hex}\n"),
+        )?;
+        let mut clients = BTreeMap::new();
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let (peer, client) = (free_udp()?, free_tcp()?);
+            clients.insert(id, client);
+            nodes.push(format!(
+                "  {{ id = {id}, addr = \"{peer}\", client = \"{client}\" }},"
+            ));
+        }
+        let voters: Vec<String> = (1..=voters).map(|v| v.to_string()).collect();
+        let text = format!(
+            "# generated for a local cluster\n[cluster]\nid = {}\nnodes = [\n{}\n]\n\n\
+             [transport]\nkind = \"udp\"\nrequire = [\"reliable\", \"fifo_per_peer\", \"authenticated_source\"]\n\n\
+             [raft]\ntick_ms = 15\nvoters = [{}]\n\n[security]\nkey_file = \"cluster.key\"\n",
+            u32::from_le_bytes([key[0], key[1], key[2], key[3]]),
+            nodes.join("\n"),
+            voters.join(", ")
+        );
+        let config = dir.join("cluster.toml");
+        fs::write(&config, text)?;
+        Ok(LocalCluster {
+            dir: dir.to_path_buf(),
+            config,
+            exe: exe.to_path_buf(),
+            procs: BTreeMap::new(),
+            clients,
+        })
+    }
+
+    /// The config file.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// The node's client address.
+    pub fn client_addr(&self, id: u32) -> SocketAddr {
+        self.clients[&id]
+    }
+
+    /// Starts node `id` (logs go to `node-ID.log` in the cluster's directory).
+    pub fn start(&mut self, id: u32) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{id}.log")))?;
+        let child = Command::new(&self.exe)
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .args(["--id", &id.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        self.procs.insert(id, child);
+        Ok(())
+    }
+
+    /// Kills node `id` with SIGKILL: no clean shutdown, only what it fsynced survives.
+    pub fn kill(&mut self, id: u32) {
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `within` for node `id` to exit on its own; its exit status if it did.
+    pub fn wait_exit(&mut self, id: u32, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(c) = self.procs.get_mut(&id) {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.procs.remove(&id);
+                    return Some(status);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// What node `id` logged so far.
+    pub fn log(&self, id: u32) -> String {
+        fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Whether node `id` is running (as far as this harness knows).
+    pub fn is_running(&self, id: u32) -> bool {
+        self.procs.contains_key(&id)
+    }
+
+    /// A client of the whole cluster, with retries bounded by `max_total`.
+    pub fn client(&self, max_total: Duration) -> anyhow::Result<Client> {
+        let mut cfg = ClientConfig::new(self.clients.values().copied());
+        cfg.request_timeout = Duration::from_secs(2);
+        cfg.max_total = max_total;
+        Ok(Client::new(cfg)?)
+    }
+
+    /// The running node that reports itself leader, with its term, waiting up to `within`.
+    pub fn leader(&self, within: Duration) -> Option<(u32, u64)> {
+        let probe = self.client(within).ok()?;
+        let deadline = Instant::now() + within;
+        loop {
+            for (id, addr) in &self.clients {
+                if !self.procs.contains_key(id) {
+                    continue;
+                }
+                if let Ok(s) = probe.status_of(*addr) {
+                    if s.is_leader() {
+                        return Some((*id, s.term));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u32> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
