@@ -70,6 +70,8 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     /// Requests that may wait in the queue before `submit` answers `Busy`.
     pub queue: usize,
+    /// A request not answered within this time is answered with [`NodeError::Timeout`].
+    pub request_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -83,12 +85,13 @@ impl NodeConfig {
             tick: Duration::from_millis(15),
             snapshot_entries: 10_000,
             queue: 1 << 16,
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
 
-/// Why a request failed. `NotLeader` and `Stopped` leave a write's fate unknown: retry it
-/// with the same client id and sequence number, and it is applied at most once.
+/// Why a request failed. `NotLeader`, `Timeout` and `Stopped` leave a write's fate unknown:
+/// retry it with the same client id and sequence number, and it is applied at most once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     /// This node does not lead; `leader` is its best guess.
@@ -103,6 +106,10 @@ pub enum NodeError {
     /// The node has stopped (shut down, or its storage failed).
     #[error("node stopped")]
     Stopped,
+    /// No answer within the node's request timeout (a forwarded read lost, a leader that
+    /// cannot reach a quorum); a write's outcome is unknown.
+    #[error("no answer in time; the outcome is unknown")]
+    Timeout,
     /// The request was refused for another reason.
     #[error("{0}")]
     Refused(String),
@@ -147,17 +154,25 @@ pub struct Status {
     pub appends_per_s: Vec<u64>,
 }
 
-type Reply<T> = Sender<Result<T, NodeError>>;
+/// How the node answers a request: called exactly once, on the node's thread, so it must
+/// be quick and must not block (push into a queue, complete a future).
+pub type Answer<T> = Box<dyn FnOnce(Result<T, NodeError>) + Send>;
+
+/// An answer delivered into a channel, for callers that wait.
+fn channel<T: Send + 'static>() -> (Answer<T>, Receiver<Result<T, NodeError>>) {
+    let (tx, rx) = bounded(1);
+    (Box::new(move |r| drop(tx.send(r))), rx)
+}
 
 enum Request {
-    Write(KvRequest, Reply<KvOutcome>),
+    Write(KvRequest, Answer<KvOutcome>),
     Read {
         key: Option<String>,
         linearizable: bool,
-        reply: Reply<ReadResult>,
+        answer: Answer<ReadResult>,
     },
-    Membership(Vec<Change>, Reply<Index>),
-    Transfer(NodeId, Reply<()>),
+    Membership(Vec<Change>, Answer<Index>),
+    Transfer(NodeId, Answer<()>),
     Status(Sender<Status>),
 }
 
@@ -168,43 +183,69 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Receiver<Result<T, NodeError>> {
-        let (reply, rx) = bounded(1);
-        match self.tx.try_send(make(reply)) {
+    fn submit(&self, r: Request) {
+        match self.tx.try_send(r) {
             Ok(()) => {}
             Err(TrySendError::Full(r)) => fail(r, NodeError::Busy),
             Err(TrySendError::Disconnected(r)) => fail(r, NodeError::Stopped),
         }
-        rx
     }
 
-    /// Submits a write; the receiver yields its outcome once applied.
+    /// Submits a write; `answer` gets its outcome once applied.
+    pub fn write_then(&self, req: KvRequest, answer: Answer<KvOutcome>) {
+        self.submit(Request::Write(req, answer));
+    }
+
+    /// [`NodeHandle::write_then`], answered into a channel.
     pub fn write(&self, req: KvRequest) -> Receiver<Result<KvOutcome, NodeError>> {
-        self.submit(|r| Request::Write(req, r))
+        let (answer, rx) = channel();
+        self.write_then(req, answer);
+        rx
     }
 
     /// Submits a read of `key` (all keys if `None`); linearizable reads confirm leadership
     /// first (ReadIndex), stale ones answer from this node's state at once.
+    pub fn read_then(&self, key: Option<String>, linearizable: bool, answer: Answer<ReadResult>) {
+        self.submit(Request::Read {
+            key,
+            linearizable,
+            answer,
+        });
+    }
+
+    /// [`NodeHandle::read_then`], answered into a channel.
     pub fn read(
         &self,
         key: Option<String>,
         linearizable: bool,
     ) -> Receiver<Result<ReadResult, NodeError>> {
-        self.submit(|reply| Request::Read {
-            key,
-            linearizable,
-            reply,
-        })
+        let (answer, rx) = channel();
+        self.read_then(key, linearizable, answer);
+        rx
     }
 
     /// Proposes a membership change (leader only).
+    pub fn change_membership_then(&self, changes: Vec<Change>, answer: Answer<Index>) {
+        self.submit(Request::Membership(changes, answer));
+    }
+
+    /// [`NodeHandle::change_membership_then`], answered into a channel.
     pub fn change_membership(&self, changes: Vec<Change>) -> Receiver<Result<Index, NodeError>> {
-        self.submit(|r| Request::Membership(changes, r))
+        let (answer, rx) = channel();
+        self.change_membership_then(changes, answer);
+        rx
     }
 
     /// Asks the leader to hand over to `to`.
+    pub fn transfer_leader_then(&self, to: NodeId, answer: Answer<()>) {
+        self.submit(Request::Transfer(to, answer));
+    }
+
+    /// [`NodeHandle::transfer_leader_then`], answered into a channel.
     pub fn transfer_leader(&self, to: NodeId) -> Receiver<Result<(), NodeError>> {
-        self.submit(|r| Request::Transfer(to, r))
+        let (answer, rx) = channel();
+        self.transfer_leader_then(to, answer);
+        rx
     }
 
     /// The node's diagnostic, or `None` if it stopped.
@@ -218,10 +259,10 @@ impl NodeHandle {
 /// Answers a request that never reached the node.
 fn fail(r: Request, e: NodeError) {
     match r {
-        Request::Write(_, reply) => drop(reply.send(Err(e))),
-        Request::Read { reply, .. } => drop(reply.send(Err(e))),
-        Request::Membership(_, reply) => drop(reply.send(Err(e))),
-        Request::Transfer(_, reply) => drop(reply.send(Err(e))),
+        Request::Write(_, answer) => answer(Err(e)),
+        Request::Read { answer, .. } => answer(Err(e)),
+        Request::Membership(_, answer) => answer(Err(e)),
+        Request::Transfer(_, answer) => answer(Err(e)),
         Request::Status(_) => {}
     }
 }
@@ -268,6 +309,7 @@ impl Node {
             rates: Rates::default(),
             snapshot_entries: cfg.snapshot_entries,
             tick: cfg.tick,
+            request_timeout: cfg.request_timeout,
             failure: Arc::clone(&shared),
         };
         let thread = std::thread::Builder::new()
@@ -344,7 +386,8 @@ const APPENDS: usize = 2;
 
 struct PendingRead {
     key: Option<String>,
-    reply: Reply<ReadResult>,
+    answer: Answer<ReadResult>,
+    since: Instant,
 }
 
 struct Runtime {
@@ -354,8 +397,9 @@ struct Runtime {
     transport: Box<dyn Transport>,
     requests: Receiver<Request>,
     stopped: Receiver<()>,
-    /// Writes proposed here, by log index: the term they were proposed in, and the reply.
-    writes: HashMap<Index, (Term, Reply<KvOutcome>)>,
+    /// Writes proposed here, by log index: the term they were proposed in, when, and the
+    /// answer.
+    writes: HashMap<Index, (Term, Instant, Answer<KvOutcome>)>,
     /// Linearizable reads waiting for their read index, by context.
     reads: HashMap<u64, PendingRead>,
     /// Reads whose index is known, waiting for it to be applied.
@@ -364,6 +408,7 @@ struct Runtime {
     rates: Rates,
     snapshot_entries: u64,
     tick: Duration,
+    request_timeout: Duration,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -394,6 +439,7 @@ impl Runtime {
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
+                self.expire();
                 next_tick += self.tick;
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + self.tick;
@@ -426,22 +472,27 @@ impl Runtime {
 
     fn on_request(&mut self, r: Request) {
         match r {
-            Request::Write(req, reply) => {
+            Request::Write(req, answer) => {
                 self.rates.add(WRITES, 1);
                 match self.raw.propose(req.encode()) {
                     Ok(index) => {
-                        self.writes.insert(index, (self.raw.term(), reply));
+                        self.writes
+                            .insert(index, (self.raw.term(), Instant::now(), answer));
                     }
-                    Err(e) => drop(reply.send(Err(refused(e)))),
+                    Err(e) => answer(Err(refused(e))),
                 }
             }
             Request::Read {
                 key,
                 linearizable,
-                reply,
+                answer,
             } => {
                 self.rates.add(READS, 1);
-                let read = PendingRead { key, reply };
+                let read = PendingRead {
+                    key,
+                    answer,
+                    since: Instant::now(),
+                };
                 if !linearizable {
                     self.answer(read);
                     return;
@@ -452,14 +503,14 @@ impl Runtime {
                     Ok(()) => {
                         self.reads.insert(ctx, read);
                     }
-                    Err(e) => drop(read.reply.send(Err(refused(e)))),
+                    Err(e) => (read.answer)(Err(refused(e))),
                 }
             }
-            Request::Membership(changes, reply) => {
-                let _ = reply.send(self.raw.propose_membership(changes).map_err(refused));
+            Request::Membership(changes, answer) => {
+                answer(self.raw.propose_membership(changes).map_err(refused));
             }
-            Request::Transfer(to, reply) => {
-                let _ = reply.send(self.raw.transfer_leader(to).map_err(refused));
+            Request::Transfer(to, answer) => {
+                answer(self.raw.transfer_leader(to).map_err(refused));
             }
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -472,7 +523,43 @@ impl Runtime {
             Some(k) => ReadResult::Value(self.kv.get(&k).cloned()),
             None => ReadResult::All(self.kv.all().clone()),
         };
-        let _ = read.reply.send(Ok(result));
+        (read.answer)(Ok(result));
+    }
+
+    /// Answers every request older than the request timeout with `Timeout`.
+    fn expire(&mut self) {
+        let Some(cutoff) = Instant::now().checked_sub(self.request_timeout) else {
+            return;
+        };
+        let old: Vec<Index> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.1 < cutoff)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in old {
+            if let Some((_, _, answer)) = self.writes.remove(&i) {
+                answer(Err(NodeError::Timeout));
+            }
+        }
+        let old: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.since < cutoff)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in old {
+            if let Some(r) = self.reads.remove(&c) {
+                (r.answer)(Err(NodeError::Timeout));
+            }
+        }
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_apply)
+            .into_iter()
+            .partition(|(_, r)| r.since < cutoff);
+        self.waiting_apply = kept;
+        for (_, r) in expired {
+            (r.answer)(Err(NodeError::Timeout));
+        }
     }
 
     fn status(&self) -> Status {
@@ -530,13 +617,13 @@ impl Runtime {
                 if soft.role != Role::Leader {
                     // Writes proposed here may still commit under the next leader; the
                     // client retries with the same sequence number and gets one effect.
-                    for (_, (_, reply)) in self.writes.drain() {
-                        let _ = reply.send(Err(NodeError::NotLeader {
+                    for (_, (_, _, answer)) in self.writes.drain() {
+                        answer(Err(NodeError::NotLeader {
                             leader: soft.leader,
                         }));
                     }
                     for (_, read) in self.reads.drain() {
-                        let _ = read.reply.send(Err(NodeError::NotLeader {
+                        (read.answer)(Err(NodeError::NotLeader {
                             leader: soft.leader,
                         }));
                     }
@@ -556,7 +643,7 @@ impl Runtime {
                 None
             }
         };
-        if let Some((term, reply)) = self.writes.remove(&e.index) {
+        if let Some((term, _, answer)) = self.writes.remove(&e.index) {
             let result = match outcome {
                 Some(o) if term == e.term => Ok(o),
                 // Another leader's entry took this index: ours was lost.
@@ -564,7 +651,7 @@ impl Runtime {
                     leader: self.raw.leader(),
                 }),
             };
-            let _ = reply.send(result);
+            answer(result);
         }
     }
 
@@ -581,14 +668,14 @@ impl Runtime {
     }
 
     fn fail_all(&mut self, e: NodeError) {
-        for (_, (_, reply)) in self.writes.drain() {
-            let _ = reply.send(Err(e.clone()));
+        for (_, (_, _, answer)) in self.writes.drain() {
+            answer(Err(e.clone()));
         }
         for (_, read) in self.reads.drain() {
-            let _ = read.reply.send(Err(e.clone()));
+            (read.answer)(Err(e.clone()));
         }
         for (_, read) in self.waiting_apply.drain(..) {
-            let _ = read.reply.send(Err(e.clone()));
+            (read.answer)(Err(e.clone()));
         }
         while let Ok(r) = self.requests.try_recv() {
             fail(r, e.clone());

@@ -188,3 +188,44 @@ fn followers_redirect_and_stale_reads_answer_locally() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn a_request_the_cluster_cannot_answer_times_out() {
+    let cluster = 0xA0DE_0003;
+    let start_quick = |id: u32| {
+        let mut cfg = NodeConfig::new(NodeId(id), (1..=3).map(NodeId));
+        // Long ticks: the isolated follower keeps its leader (no role change answers the
+        // read first) well past the request timeout.
+        cfg.tick = Duration::from_millis(100);
+        cfg.request_timeout = Duration::from_millis(300);
+        Node::start(
+            cfg,
+            Persisted::default(),
+            Box::new(NoStore),
+            transport(cluster, id, 3),
+        )
+        .unwrap()
+    };
+    let nodes: Vec<Node> = (1..=3).map(start_quick).collect();
+    let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
+    write(&h, &put(5, 1, "a", "1"));
+    let follower = h
+        .iter()
+        .flatten()
+        .find(|h| {
+            h.status()
+                .is_some_and(|s| s.role == "Follower" && s.leader.is_some())
+        })
+        .unwrap();
+    let me = follower.status().unwrap().id;
+    // Cut the follower off: its forwarded read can never be answered.
+    weft_transport::backend::mem::MemFabric::shared(cluster, &MemConfig::default()).set_partitions(
+        vec![vec![me], (1..=3).map(NodeId).filter(|n| *n != me).collect()],
+    );
+    let started = Instant::now();
+    let r = follower
+        .read(Some("a".into()), true)
+        .recv_timeout(Duration::from_secs(5));
+    assert_eq!(r.unwrap(), Err(NodeError::Timeout));
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+}

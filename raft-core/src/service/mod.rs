@@ -20,17 +20,17 @@
 //! connection. None of these touch other connections.
 //!
 //! Threads: the server owns a small tokio runtime (2 worker threads by default) for the
-//! sockets, and one thread that waits on the node's reply channels (see `bridge`), so that
-//! no tokio worker ever blocks on the node. Dropping the [`Server`] stops all of them and
-//! closes every connection.
+//! sockets. No tokio worker ever blocks on the node: each request hands the node a
+//! callback that pushes the answer into its connection's (non-blocking) reply queue, so an
+//! answer costs no extra thread hop. The node answers every request, at the latest with a
+//! timeout. Dropping the [`Server`] stops the runtime and closes every connection.
 
-mod bridge;
 pub mod protocol;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -41,7 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::kv::{KvCommand, KvOutcome, KvRequest};
 use crate::node::{NodeError, NodeHandle, ReadResult};
 use crate::{NodeId, ProposeError};
-use bridge::{Bridge, BridgeHandle};
+
 use protocol::{
     decode, encode_frame, frame_len, ClientReply, ClientRequest, Consistency, ErrorKind, Reply,
     Request, RequestId, DEFAULT_MAX_FRAME, LENGTH_PREFIX, UNKNOWN_REQUEST,
@@ -60,9 +60,7 @@ pub struct ServerConfig {
     /// Requests in flight per connection (received, not yet answered); when reached, the
     /// server stops reading that connection until replies go out. Default 4096.
     pub max_in_flight: usize,
-    /// How long a request may wait for the node before it is answered with
-    /// [`ErrorKind::Timeout`]. Default 5 s.
-    pub request_timeout: Duration,
+
     /// How long the rest of a frame may take once its length prefix arrived; past it the
     /// connection is closed. Default 10 s.
     pub frame_timeout: Duration,
@@ -78,7 +76,7 @@ impl ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             peers_clients: BTreeMap::new(),
             max_in_flight: 4096,
-            request_timeout: Duration::from_secs(5),
+
             frame_timeout: Duration::from_secs(10),
             workers: 2,
         }
@@ -100,7 +98,7 @@ pub enum ServiceError {
 /// (the node itself keeps running). Do not drop it from inside an async context.
 pub struct Server {
     runtime: Option<tokio::runtime::Runtime>,
-    bridge: Option<Bridge>,
+
     local_addr: SocketAddr,
     peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
 }
@@ -138,7 +136,6 @@ impl Drop for Server {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
-        self.bridge.take();
     }
 }
 
@@ -164,21 +161,21 @@ pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceErr
         .build()?;
     let listener = runtime.block_on(TcpListener::bind(cfg.listen))?;
     let local_addr = listener.local_addr()?;
-    let bridge = Bridge::start(format!("weft-svc-wait-{}", local_addr.port()))?;
+
     let peers = Arc::new(RwLock::new(cfg.peers_clients.clone()));
     let shared = Arc::new(Shared {
         node: handle,
-        bridge: bridge.handle(),
+
         peers: Arc::clone(&peers),
         max_frame: cfg.max_frame,
         max_in_flight: cfg.max_in_flight,
-        request_timeout: cfg.request_timeout,
+
         frame_timeout: cfg.frame_timeout,
     });
     runtime.spawn(accept_loop(listener, shared));
     Ok(Server {
         runtime: Some(runtime),
-        bridge: Some(bridge),
+
         local_addr,
         peers,
     })
@@ -187,11 +184,10 @@ pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceErr
 /// What every connection of a server shares.
 struct Shared {
     node: NodeHandle,
-    bridge: BridgeHandle,
+
     peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
     max_frame: usize,
     max_in_flight: usize,
-    request_timeout: Duration,
     frame_timeout: Duration,
 }
 
@@ -398,14 +394,10 @@ impl Replier {
     }
 
     /// Answers with `ok(value)`, or with what the node's failure means for the client.
-    fn finish<T>(self, result: Option<Result<T, NodeError>>, ok: impl FnOnce(T) -> Reply) {
+    fn finish<T>(self, result: Result<T, NodeError>, ok: impl FnOnce(T) -> Reply) {
         let body = match result {
-            Some(Ok(v)) => ok(v),
-            Some(Err(e)) => self.failure(e),
-            None => Reply::Error {
-                kind: ErrorKind::Timeout,
-                message: "no answer from the node in time; the outcome is unknown".into(),
-            },
+            Ok(v) => ok(v),
+            Err(e) => self.failure(e),
         };
         self.send(body);
     }
@@ -424,6 +416,7 @@ impl Replier {
             }
             NodeError::Busy => (ErrorKind::Busy, e.to_string()),
             NodeError::Stopped => (ErrorKind::Unavailable, e.to_string()),
+            NodeError::Timeout => (ErrorKind::Timeout, e.to_string()),
             NodeError::Refused(m) => {
                 let transient = m == ProposeError::TransferInProgress.to_string()
                     || m == ProposeError::ChangeInProgress.to_string();
@@ -440,37 +433,17 @@ impl Replier {
 }
 
 fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
-    let deadline = Instant::now() + shared.request_timeout;
     let node = &shared.node;
-    let bridge = &shared.bridge;
     match req.body {
         Request::Put {
             client,
             seq,
             key,
             value,
-        } => write(
-            node,
-            bridge,
-            KvRequest {
-                client,
-                seq,
-                command: KvCommand::Put { key, value },
-            },
-            deadline,
-            replier,
-        ),
-        Request::Delete { client, seq, key } => write(
-            node,
-            bridge,
-            KvRequest {
-                client,
-                seq,
-                command: KvCommand::Delete { key },
-            },
-            deadline,
-            replier,
-        ),
+        } => write(node, client, seq, KvCommand::Put { key, value }, replier),
+        Request::Delete { client, seq, key } => {
+            write(node, client, seq, KvCommand::Delete { key }, replier)
+        }
         Request::Cas {
             client,
             seq,
@@ -479,27 +452,19 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
             new,
         } => write(
             node,
-            bridge,
-            KvRequest {
-                client,
-                seq,
-                command: KvCommand::Cas { key, expected, new },
-            },
-            deadline,
+            client,
+            seq,
+            KvCommand::Cas { key, expected, new },
             replier,
         ),
-        Request::Get { key, consistency } => {
-            read(node, bridge, Some(key), consistency, deadline, replier)
-        }
-        Request::GetAll { consistency } => read(node, bridge, None, consistency, deadline, replier),
-        Request::Config { changes } => bridge.wait(
-            node.change_membership(changes),
-            deadline,
+        Request::Get { key, consistency } => read(node, Some(key), consistency, replier),
+        Request::GetAll { consistency } => read(node, None, consistency, replier),
+        Request::Config { changes } => node.change_membership_then(
+            changes,
             Box::new(move |r| replier.finish(r, |index| Reply::ConfigAccepted { index })),
         ),
-        Request::TransferLeader { to } => bridge.wait(
-            node.transfer_leader(to),
-            deadline,
+        Request::TransferLeader { to } => node.transfer_leader_then(
+            to,
             Box::new(move |r| replier.finish(r, |()| Reply::TransferStarted)),
         ),
         Request::Diagnostic => {
@@ -519,31 +484,21 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
     }
 }
 
-fn write(
-    node: &NodeHandle,
-    bridge: &BridgeHandle,
-    req: KvRequest,
-    deadline: Instant,
-    replier: Replier,
-) {
-    bridge.wait(
-        node.write(req),
-        deadline,
+fn write(node: &NodeHandle, client: u64, seq: u64, command: KvCommand, replier: Replier) {
+    node.write_then(
+        KvRequest {
+            client,
+            seq,
+            command,
+        },
         Box::new(move |r| replier.finish(r, |outcome: KvOutcome| Reply::Written { outcome })),
     );
 }
 
-fn read(
-    node: &NodeHandle,
-    bridge: &BridgeHandle,
-    key: Option<String>,
-    consistency: Consistency,
-    deadline: Instant,
-    replier: Replier,
-) {
-    bridge.wait(
-        node.read(key, consistency == Consistency::Linearizable),
-        deadline,
+fn read(node: &NodeHandle, key: Option<String>, consistency: Consistency, replier: Replier) {
+    node.read_then(
+        key,
+        consistency == Consistency::Linearizable,
         Box::new(move |r| {
             replier.finish(r, |read| match read {
                 ReadResult::Value(value) => Reply::Value { value },
