@@ -1,8 +1,17 @@
-//! `commit-learn`: learning atomic-commit protocols with zero knowledge.
+//! `commit-learn`: learning atomic-commit protocols with zero knowledge (Hui et al.,
+//! NeurIPS ML-for-Systems 2023), verifying them, and running them.
 //!
-//! This crate will hold the protocol model (n processes, one deterministic state machine,
-//! synchronous rounds with lost messages), the self-play environment, deep Q-learning, the Z3
-//! verifier with its counterexample loop, saved protocol artifacts, and the runtime that runs
-//! a learned protocol over a [`weft_transport::Transport`].
-//!
-//! Nothing is implemented yet: the commit-learn issue lands it.
+//! Landed so far: the protocol model ([`model`]: one deterministic state machine shared by
+//! `n` processes in synchronous rounds, with the paper's vector encoding and a symmetric one
+//! that does not depend on `n`), the specifications ([`spec`]: the paper's P1–P5 under
+//! arbitrary loss, and non-blocking atomic commit under `t` crashes), executions and the
+//! enumeration of failure patterns ([`run`]), the explicit-state verifier ([`explicit`]),
+//! and hand-written reference protocols ([`protocols`]). The Z3 verifier, the deep
+//! Q-learning loop with counterexample feedback, saved artifacts and the runtime over a
+//! `weft_transport::Transport` come next.
+
+pub mod explicit;
+pub mod model;
+pub mod protocols;
+pub mod run;
+pub mod spec;

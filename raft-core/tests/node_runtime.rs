@@ -227,5 +227,9 @@ fn a_request_the_cluster_cannot_answer_times_out() {
         .read(Some("a".into()), true)
         .recv_timeout(Duration::from_secs(5));
     assert_eq!(r.unwrap(), Err(NodeError::Timeout));
-    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 }
