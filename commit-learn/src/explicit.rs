@@ -5,7 +5,9 @@
 use std::fmt;
 
 use crate::model::Machine;
-use crate::run::{all_votes, execute, for_each_failure, Execution, TooMany};
+use std::collections::BTreeSet;
+
+use crate::run::{all_votes, execute, execute_with, for_each_failure, Execution, TooMany};
 use crate::spec::{violated, Property, Spec};
 
 /// A run that breaks a property.
@@ -56,4 +58,19 @@ pub fn verify(machine: &Machine, spec: Spec, rounds: usize) -> Result<Verdict, T
         }
     }
     Ok(Verdict::Proved { runs })
+}
+
+/// The table entries some run consults: the only ones that matter for correctness (the
+/// others can hold anything), and the ones a learner has to get right.
+pub fn reachable(machine: &Machine, spec: Spec, rounds: usize) -> Result<BTreeSet<usize>, TooMany> {
+    let mut used = BTreeSet::new();
+    for votes in all_votes(machine.n) {
+        for_each_failure(spec, machine.n, rounds, |failures| {
+            execute_with(machine, &votes, failures, rounds, |i| {
+                used.insert(i);
+            });
+            true
+        })?;
+    }
+    Ok(used)
 }

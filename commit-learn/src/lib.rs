@@ -6,7 +6,8 @@
 //! that does not depend on `n`), the specifications ([`spec`]: the paper's P1–P5 under
 //! arbitrary loss, and non-blocking atomic commit under `t` crashes), executions and the
 //! enumeration of failure patterns ([`run`]), the explicit-state verifier ([`explicit`]),
-//! and hand-written reference protocols ([`protocols`]). The Z3 verifier, the deep
+//! hand-written reference protocols ([`protocols`]), and the Z3 verifier ([`smt`]), which
+//! is checked against the explicit one. The deep
 //! Q-learning loop with counterexample feedback, saved artifacts and the runtime over a
 //! `weft_transport::Transport` come next.
 
@@ -14,4 +15,5 @@ pub mod explicit;
 pub mod model;
 pub mod protocols;
 pub mod run;
+pub mod smt;
 pub mod spec;

@@ -131,6 +131,17 @@ impl fmt::Display for Execution {
 
 /// Runs `machine` for `rounds` rounds from `votes` under `failures`.
 pub fn execute(machine: &Machine, votes: &[State], failures: Failures, rounds: usize) -> Execution {
+    execute_with(machine, votes, failures, rounds, |_| {})
+}
+
+/// [`execute`], calling `used` with the index of every table entry the run consults.
+pub fn execute_with(
+    machine: &Machine,
+    votes: &[State],
+    failures: Failures,
+    rounds: usize,
+    mut used: impl FnMut(usize),
+) -> Execution {
     let n = votes.len();
     let mut states = vec![votes.to_vec()];
     let mut others = Vec::with_capacity(n - 1);
@@ -146,7 +157,9 @@ pub fn execute(machine: &Machine, votes: &[State], failures: Failures, rounds: u
                 let arrives = failures.delivered(n, round, p, q);
                 others.push(if arrives { prev[p] } else { LOST });
             }
-            next[q] = machine.next(prev[q], &others);
+            let i = machine.index(prev[q], &others);
+            used(i);
+            next[q] = machine.table[i];
         }
         states.push(next);
     }
