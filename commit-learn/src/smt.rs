@@ -10,7 +10,7 @@ use z3::{FuncDecl, SatResult, Solver, Sort};
 
 use crate::explicit::{Counterexample, Verdict};
 use crate::model::{Encoding, Machine, ABORT, COMMIT};
-use crate::run::{execute, Failures};
+use crate::run::{execute, Execution, Failures};
 use crate::spec::{violated, Spec};
 
 /// Why the SMT verifier could not answer.
@@ -139,29 +139,30 @@ fn symbolic(
     rounds: usize,
     table: &FuncDecl,
     table_range: bool,
+    tag: &str,
 ) -> Symbolic {
     let n = m.n;
     let abort_votes: Vec<Bool> = (0..n)
-        .map(|p| Bool::new_const(format!("abort_vote_{p}")))
+        .map(|p| Bool::new_const(format!("{tag}abort_vote_{p}")))
         .collect();
     let lost = (0..rounds)
         .map(|r| {
             (0..n)
                 .map(|p| {
                     (0..n)
-                        .map(|q| Bool::new_const(format!("lost_{}_{p}_{q}", r + 1)))
+                        .map(|q| Bool::new_const(format!("{tag}lost_{}_{p}_{q}", r + 1)))
                         .collect()
                 })
                 .collect()
         })
         .collect();
     let crash_round: Vec<Int> = (0..n)
-        .map(|p| Int::new_const(format!("crash_round_{p}")))
+        .map(|p| Int::new_const(format!("{tag}crash_round_{p}")))
         .collect();
     let reach = (0..n)
         .map(|p| {
             (0..n)
-                .map(|q| Bool::new_const(format!("reach_{p}_{q}")))
+                .map(|q| Bool::new_const(format!("{tag}reach_{p}_{q}")))
                 .collect()
         })
         .collect();
@@ -342,7 +343,7 @@ pub fn verify(m: &Machine, spec: Spec, rounds: usize) -> Result<(Verdict, SmtSta
         );
         assertions += 1;
     }
-    let sym = symbolic(m, spec, rounds, &table, false);
+    let sym = symbolic(m, spec, rounds, &table, false, "");
     for a in &sym.assertions {
         solver.assert(a);
         assertions += 1;
@@ -382,6 +383,158 @@ pub fn verify(m: &Machine, spec: Spec, rounds: usize) -> Result<(Verdict, SmtSta
                 Verdict::Refuted(Box::new(Counterexample { property, run })),
                 stats,
             ))
+        }
+    }
+}
+
+/// Binds a symbolic run's votes and failures to those of a concrete run.
+fn pin(sym: &Symbolic, run: &Execution) -> Vec<Bool> {
+    let n = sym.n;
+    let mut eqs: Vec<Bool> = (0..n)
+        .map(|p| sym.abort_votes[p].eq(Bool::from_bool(run.votes[p] == crate::model::LOCAL_ABORT)))
+        .collect();
+    match &run.failures {
+        Failures::Omissions(bits) => {
+            for r in 0..sym.rounds {
+                for p in 0..n {
+                    for q in (0..n).filter(|q| *q != p) {
+                        eqs.push(sym.lost[r][p][q].eq(Bool::from_bool(bits[(r * n + p) * n + q])));
+                    }
+                }
+            }
+        }
+        Failures::Crashes(c) => {
+            for (p, crash) in c.iter().enumerate() {
+                match crash {
+                    None => eqs.push(sym.crash_round[p].eq(int(0))),
+                    Some((round, reached)) => {
+                        eqs.push(sym.crash_round[p].eq(int(*round as i64)));
+                        for q in (0..n).filter(|q| *q != p) {
+                            eqs.push(sym.reach[p][q].eq(Bool::from_bool(reached[q])));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eqs
+}
+
+/// What the synthesizer did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SynthStats {
+    /// Candidate tables proposed by Z3.
+    pub candidates: usize,
+    /// Counterexample runs it had to learn from.
+    pub counterexamples: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Why synthesis stopped without a protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SynthError {
+    /// No table with this many states and rounds satisfies the specification.
+    #[error("no protocol with these states and rounds exists (z3: unsat after {counterexamples} counterexamples)")]
+    Impossible {
+        /// Counterexamples gathered before the proof of impossibility.
+        counterexamples: usize,
+    },
+    /// The time budget ran out.
+    #[error("time budget exhausted after {candidates} candidates")]
+    Budget {
+        /// Candidates tried.
+        candidates: usize,
+    },
+    /// Z3 could not decide, or the model could not be built.
+    #[error("{0}")]
+    Solver(String),
+}
+
+/// Synthesizes a transition table directly with Z3 (the `--method smt` baseline the
+/// learner is compared against), by counterexample-guided inductive synthesis: Z3 proposes
+/// a table that is correct on every run seen so far; the verifier looks for a run that
+/// breaks it; that run joins the set. Ends with a verified table, or with Z3 proving that
+/// none exists for `anonymous` extra states and `rounds` rounds.
+pub fn synthesize(
+    n: usize,
+    anonymous: u8,
+    encoding: Encoding,
+    spec: Spec,
+    rounds: usize,
+    budget: Duration,
+) -> Result<(Machine, SynthStats), SynthError> {
+    let started = Instant::now();
+    let mut machine =
+        Machine::identity(n, anonymous, encoding).map_err(|e| SynthError::Solver(e.to_string()))?;
+    let solver = Solver::new();
+    let table = FuncDecl::new("table", &[&Sort::int()], &Sort::int());
+    let mut runs: Vec<Execution> = Vec::new();
+    // Start from the failure-free runs: they carry the liveness obligations.
+    for votes in crate::run::all_votes(n) {
+        let none = match spec {
+            Spec::Paper => Failures::Omissions(vec![false; rounds * n * n]),
+            Spec::Nbac { .. } => Failures::Crashes(vec![None; n]),
+        };
+        runs.push(execute(&machine, &votes, none, rounds));
+    }
+    let mut added = 0;
+    let mut candidates = 0;
+    loop {
+        for (k, run) in runs.iter().enumerate().skip(added) {
+            let sym = symbolic(&machine, spec, rounds, &table, true, &format!("r{k}_"));
+            for a in sym.assertions.iter().chain(pin(&sym, run).iter()) {
+                solver.assert(a);
+            }
+            solver.assert(some_violation(&sym, spec).not());
+        }
+        added = runs.len();
+        if started.elapsed() > budget {
+            return Err(SynthError::Budget { candidates });
+        }
+        match solver.check() {
+            SatResult::Unsat => {
+                return Err(SynthError::Impossible {
+                    counterexamples: runs.len() - (1 << n),
+                })
+            }
+            SatResult::Unknown => {
+                return Err(SynthError::Solver(
+                    solver.get_reason_unknown().unwrap_or_default(),
+                ))
+            }
+            SatResult::Sat => {}
+        }
+        candidates += 1;
+        let model = solver
+            .get_model()
+            .ok_or_else(|| SynthError::Solver("no model".into()))?;
+        for i in 0..machine.table.len() {
+            let v = model
+                .eval(&table.apply(&[&int(i as i64)]).as_int().expect("int"), true)
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            // Entries no run constrains may be anything; keep them in range.
+            machine.table[i] = v.rem_euclid(machine.states as i64) as u8;
+        }
+        let verdict = match crate::explicit::verify(&machine, spec, rounds) {
+            Ok(v) => v,
+            Err(_) => {
+                verify(&machine, spec, rounds)
+                    .map_err(|e| SynthError::Solver(e.to_string()))?
+                    .0
+            }
+        };
+        match verdict {
+            Verdict::Proved { .. } => {
+                let stats = SynthStats {
+                    candidates,
+                    counterexamples: runs.len() - (1 << n),
+                    elapsed: started.elapsed(),
+                };
+                return Ok((machine, stats));
+            }
+            Verdict::Refuted(c) => runs.push(c.run),
         }
     }
 }
