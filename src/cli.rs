@@ -16,6 +16,8 @@ Command tree:
   weft kv               get, put, del, cas, all against a running cluster
   weft status           every node's role, term, leader, commit and rates
   weft cluster          add, learner, remove, transfer: membership and leadership
+  weft learn            synthesize an atomic-commit protocol and prove it (z3)
+  weft verify           prove a saved protocol with both verifiers, or show a counterexample
   weft transport ping   measure round-trip times from one node to its peers
   weft transport echo   answer pings for one node (the other end of `ping`)
 
@@ -48,6 +50,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Change membership or hand over leadership.
     Cluster(ClusterArgs),
+    /// Learn (synthesize) an atomic-commit protocol, verify it, and save it with a drawing.
+    Learn(LearnArgs),
+    /// Verify a saved protocol with the explicit-state enumerator and with Z3.
+    Verify(VerifyArgs),
     /// Exercise a cluster's transport directly: measure round trips, answer them.
     #[command(subcommand)]
     Transport(TransportCommand),
@@ -65,6 +71,73 @@ pub enum TransportCommand {
     Ping(PingArgs),
     /// Answer pings for one node until killed (or for `--duration-s`).
     Echo(EchoArgs),
+}
+
+/// Which specification a protocol must meet.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SpecName {
+    /// The paper's P1-P5 under arbitrary message loss.
+    Paper,
+    /// Non-blocking atomic commit under up to `--t` crashes.
+    Nbac,
+}
+
+/// How to obtain the protocol.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LearnMethod {
+    /// Counterexample-guided synthesis with Z3.
+    Smt,
+    /// Deep Q-learning by self-play (not in this build yet).
+    Dqn,
+}
+
+/// Arguments of `weft learn`.
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// The specification.
+    #[arg(long, value_enum, default_value = "paper")]
+    pub spec: SpecName,
+    /// Crashes tolerated (nbac).
+    #[arg(long, default_value_t = 1)]
+    pub t: usize,
+    /// Processes.
+    #[arg(long, default_value_t = 3)]
+    pub n: usize,
+    /// Rounds (default: 2 for paper, t + 1 for nbac).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Anonymous states besides LocalCommit, LocalAbort, Commit and Abort.
+    #[arg(long, default_value_t = 1)]
+    pub states: u8,
+    /// Use the paper's vector encoding instead of the symmetric one.
+    #[arg(long)]
+    pub vector: bool,
+    /// Largest count the symmetric encoding distinguishes.
+    #[arg(long, default_value_t = 2)]
+    pub cap: u8,
+    /// How to obtain the protocol.
+    #[arg(long, value_enum, default_value = "smt")]
+    pub method: LearnMethod,
+    /// Time budget in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub budget_s: u64,
+    /// Where to save the protocol (a `.dot` and, with Graphviz, an `.svg` go beside it).
+    #[arg(long, default_value = "protocol.json")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `weft verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The saved protocol.
+    #[arg(long, value_name = "FILE")]
+    pub protocol: PathBuf,
+    /// Verify for this many processes instead (symmetric protocols only).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Verify over this many rounds instead.
+    #[arg(long)]
+    pub rounds: Option<usize>,
 }
 
 /// Arguments of `weft demo`.

@@ -10,6 +10,7 @@ mod demo;
 mod echo;
 mod kv_cmd;
 mod latency;
+mod learn_cmd;
 mod node_cmd;
 mod ping;
 mod proto;
@@ -73,6 +74,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Kv(args) => kv_cmd::run_kv(args),
         Command::Status(args) => kv_cmd::run_status(args),
         Command::Cluster(args) => kv_cmd::run_cluster(args),
+        Command::Learn(args) => learn_cmd::run_learn(args),
+        Command::Verify(args) => learn_cmd::run_verify(args),
         Command::Transport(TransportCommand::Ping(args)) => ping::run(args),
         Command::Transport(TransportCommand::Echo(args)) => echo::run(args),
     }

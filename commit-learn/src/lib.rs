@@ -11,6 +11,7 @@
 //! Q-learning loop with counterexample feedback, saved artifacts and the runtime over a
 //! `weft_transport::Transport` come next.
 
+pub mod artifact;
 pub mod explicit;
 pub mod model;
 pub mod protocols;

@@ -1,0 +1,55 @@
+//! `weft learn` synthesizes and saves a verified protocol with its drawing; `weft verify`
+//! proves it again, and refuses it (with a counterexample) where it does not hold.
+
+use std::process::Command;
+
+fn weft(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .output()
+        .expect("weft runs")
+}
+
+#[test]
+fn learn_then_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nbac.json");
+    let o = weft(&[
+        "learn",
+        "--spec",
+        "nbac",
+        "--t",
+        "1",
+        "--n",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("explicit proved") && text.contains("z3       proved"),
+        "{text}"
+    );
+    assert!(out.exists() && out.with_extension("dot").exists());
+    let o = weft(&["verify", "--protocol", out.to_str().unwrap()]);
+    assert!(o.status.success());
+    // One round is not enough for one crash: verification fails with a counterexample.
+    let o = weft(&[
+        "verify",
+        "--protocol",
+        out.to_str().unwrap(),
+        "--rounds",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("counterexample"));
+    // The learner that is not built yet says so instead of pretending.
+    let o = weft(&["learn", "--method", "dqn", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--method smt"));
+}
