@@ -18,6 +18,7 @@ Command tree:
   weft cluster          add, learner, remove, transfer: membership and leadership
   weft learn            synthesize an atomic-commit protocol and prove it (z3)
   weft verify           prove a saved protocol with both verifiers, or show a counterexample
+  weft commit           run one atomic-commit instance of a saved protocol at one node
   weft transport ping   measure round-trip times from one node to its peers
   weft transport echo   answer pings for one node (the other end of `ping`)
 
@@ -54,6 +55,9 @@ pub enum Command {
     Learn(LearnArgs),
     /// Verify a saved protocol with the explicit-state enumerator and with Z3.
     Verify(VerifyArgs),
+    /// Run one atomic-commit instance of a saved protocol at one node of a cluster (every
+    /// node runs the same command with its own vote).
+    Commit(CommitArgs),
     /// Exercise a cluster's transport directly: measure round trips, answer them.
     #[command(subcommand)]
     Transport(TransportCommand),
@@ -124,6 +128,35 @@ pub struct LearnArgs {
     /// Where to save the protocol (a `.dot` and, with Graphviz, an `.svg` go beside it).
     #[arg(long, default_value = "protocol.json")]
     pub out: PathBuf,
+}
+
+/// Arguments of `weft commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The saved protocol.
+    #[arg(long, value_name = "FILE")]
+    pub protocol: PathBuf,
+    /// Cluster config and local node.
+    #[command(flatten)]
+    pub target: NodeArgs,
+    /// This node's vote.
+    #[arg(long, value_enum)]
+    pub vote: Vote,
+    /// Instance number (every participant uses the same).
+    #[arg(long, default_value_t = 1)]
+    pub instance: u64,
+    /// How long a round waits for peers before counting them as lost.
+    #[arg(long, default_value_t = 500)]
+    pub round_timeout_ms: u64,
+}
+
+/// A participant's vote.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Vote {
+    /// Vote to commit.
+    Commit,
+    /// Vote to abort.
+    Abort,
 }
 
 /// Arguments of `weft verify`.

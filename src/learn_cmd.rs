@@ -11,7 +11,7 @@ use commit_learn::model::{Encoding, Machine};
 use commit_learn::smt;
 use commit_learn::spec::Spec;
 
-use crate::cli::{LearnArgs, LearnMethod, SpecName, VerifyArgs};
+use crate::cli::{CommitArgs, LearnArgs, LearnMethod, SpecName, VerifyArgs, Vote};
 
 fn spec_of(name: SpecName, t: usize) -> Spec {
     match name {
@@ -175,5 +175,33 @@ pub fn run_verify(args: &VerifyArgs) -> anyhow::Result<()> {
     if !ok {
         bail!("the protocol does not meet {}", a.spec);
     }
+    Ok(())
+}
+
+/// `weft commit`: one instance at this node, over the cluster's configured transport.
+pub fn run_commit(args: &CommitArgs) -> anyhow::Result<()> {
+    let a = Artifact::load(&args.protocol)?;
+    let cluster = weft_transport::ClusterConfig::load(&args.target.config)?;
+    let transport = weft_transport::open(&cluster.transport_for(args.target.node)?)?;
+    let p = commit_learn::runtime::participate(
+        &a.machine,
+        a.rounds,
+        transport.as_ref(),
+        args.instance,
+        matches!(args.vote, Vote::Commit),
+        Duration::from_millis(args.round_timeout_ms),
+        None,
+    )?;
+    let states: Vec<String> = p
+        .states
+        .iter()
+        .map(|s| commit_learn::model::state_name(*s))
+        .collect();
+    println!(
+        "decision: {:?} (states {}; peers missing per round {:?})",
+        p.decision,
+        states.join(" -> "),
+        p.missing
+    );
     Ok(())
 }

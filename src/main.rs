@@ -76,6 +76,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => kv_cmd::run_cluster(args),
         Command::Learn(args) => learn_cmd::run_learn(args),
         Command::Verify(args) => learn_cmd::run_verify(args),
+        Command::Commit(args) => learn_cmd::run_commit(args),
         Command::Transport(TransportCommand::Ping(args)) => ping::run(args),
         Command::Transport(TransportCommand::Echo(args)) => echo::run(args),
     }

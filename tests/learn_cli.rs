@@ -53,3 +53,60 @@ fn learn_then_verify() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--method smt"));
 }
+
+#[test]
+fn three_processes_run_a_learned_protocol_over_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let protocol = dir.path().join("nbac.json");
+    let o = weft(&[
+        "learn",
+        "--spec",
+        "nbac",
+        "--t",
+        "1",
+        "--n",
+        "3",
+        "--out",
+        protocol.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_weft"));
+    let cluster = weft::local_cluster::LocalCluster::create(dir.path(), &exe, 3, 3).unwrap();
+    for (votes, want) in [
+        (["commit", "commit", "commit"], "Commit"),
+        (["commit", "abort", "commit"], "Abort"),
+    ] {
+        let children: Vec<_> = (1..=3)
+            .map(|id| {
+                Command::new(&exe)
+                    .args([
+                        "commit",
+                        "--protocol",
+                        protocol.to_str().unwrap(),
+                        "--config",
+                    ])
+                    .arg(cluster.config())
+                    .args([
+                        "--node",
+                        &id.to_string(),
+                        "--vote",
+                        votes[id - 1],
+                        "--round-timeout-ms",
+                        "2000",
+                    ])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains(&format!("decision: {want}")),
+                "{text}"
+            );
+        }
+    }
+}

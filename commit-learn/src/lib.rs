@@ -6,15 +6,17 @@
 //! that does not depend on `n`), the specifications ([`spec`]: the paper's P1–P5 under
 //! arbitrary loss, and non-blocking atomic commit under `t` crashes), executions and the
 //! enumeration of failure patterns ([`run`]), the explicit-state verifier ([`explicit`]),
-//! hand-written reference protocols ([`protocols`]), and the Z3 verifier ([`smt`]), which
-//! is checked against the explicit one. The deep
-//! Q-learning loop with counterexample feedback, saved artifacts and the runtime over a
-//! `weft_transport::Transport` come next.
+//! hand-written reference protocols ([`protocols`]), the Z3 verifier and synthesizer
+//! ([`smt`], checked against the explicit verifier), saved protocols with drawings
+//! ([`artifact`]), and the [`runtime`] that runs a saved protocol over any
+//! `weft_transport::Transport` with round timeouts. The deep Q-learning loop with
+//! counterexample feedback comes next.
 
 pub mod artifact;
 pub mod explicit;
 pub mod model;
 pub mod protocols;
 pub mod run;
+pub mod runtime;
 pub mod smt;
 pub mod spec;
