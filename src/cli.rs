@@ -16,7 +16,7 @@ Command tree:
   weft kv               get, put, del, cas, all against a running cluster
   weft status           every node's role, term, leader, commit and rates
   weft cluster          add, learner, remove, transfer: membership and leadership
-  weft learn            synthesize an atomic-commit protocol and prove it (z3)
+  weft learn            learn an atomic-commit protocol (DQN or z3) and prove it
   weft verify           prove a saved protocol with both verifiers, or show a counterexample
   weft commit           run one atomic-commit instance of a saved protocol at one node
   weft transport ping   measure round-trip times from one node to its peers
@@ -91,7 +91,7 @@ pub enum SpecName {
 pub enum LearnMethod {
     /// Counterexample-guided synthesis with Z3.
     Smt,
-    /// Deep Q-learning by self-play (not in this build yet).
+    /// Deep Q-learning by self-play with counterexample feedback.
     Dqn,
 }
 
@@ -120,8 +120,11 @@ pub struct LearnArgs {
     #[arg(long, default_value_t = 2)]
     pub cap: u8,
     /// How to obtain the protocol.
-    #[arg(long, value_enum, default_value = "smt")]
+    #[arg(long, value_enum, default_value = "dqn")]
     pub method: LearnMethod,
+    /// Seed of the learner (training is reproducible).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Time budget in seconds.
     #[arg(long, default_value_t = 300)]
     pub budget_s: u64,

@@ -121,12 +121,36 @@ pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
         "learning {spec} for n = {}, {rounds} rounds, {} anonymous states, {encoding:?}",
         args.n, args.states
     );
+    let budget = Duration::from_secs(args.budget_s);
     let machine = match args.method {
-        LearnMethod::Dqn => bail!(
-            "the deep Q-learning learner is not in this build yet; use `--method smt` (Z3 synthesis) meanwhile"
-        ),
+        LearnMethod::Dqn => {
+            let mut cfg = commit_learn::dqn::LearnConfig::new(spec, args.n, args.seed);
+            cfg.anonymous = args.states;
+            cfg.encoding = encoding;
+            cfg.rounds = rounds;
+            cfg.budget = budget;
+            let report = commit_learn::dqn::learn(&cfg, |p| {
+                if p.episode % 2000 == 0 {
+                    eprintln!(
+                        "episode {:>7}  reward {:>8.1}  epsilon {:.2}  verification attempts {}  counterexamples {}",
+                        p.episode, p.reward, p.epsilon, p.checks, p.counterexamples
+                    );
+                }
+            })?;
+            println!(
+                "deep Q-learning: {} after {} episodes, {} verification attempts, {} counterexamples, {:.2} s",
+                if report.proved { "proved" } else { "NOT proved" },
+                report.progress.episode,
+                report.progress.checks,
+                report.progress.counterexamples,
+                report.elapsed.as_secs_f64()
+            );
+            if !report.proved {
+                bail!("no verified protocol within {} s; raise --budget-s, add --states, or try another --seed", args.budget_s);
+            }
+            report.machine
+        }
         LearnMethod::Smt => {
-            let budget = Duration::from_secs(args.budget_s);
             let (m, stats) = smt::synthesize(args.n, args.states, encoding, spec, rounds, budget)
                 .map_err(|e| anyhow!("{e}"))?;
             println!(
@@ -146,7 +170,10 @@ pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
         spec,
         rounds,
         machine,
-        method: "smt".into(),
+        method: match args.method {
+            LearnMethod::Smt => "smt".into(),
+            LearnMethod::Dqn => format!("dqn (seed {})", args.seed),
+        },
         verified,
     };
     artifact.save(&args.out)?;

@@ -48,10 +48,28 @@ fn learn_then_verify() {
     ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("counterexample"));
-    // The learner that is not built yet says so instead of pretending.
-    let o = weft(&["learn", "--method", "dqn", "--out", out.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--method smt"));
+    // The deep Q-learner, on the paper's specification.
+    let learned = dir.path().join("paper.json");
+    let o = weft(&[
+        "learn",
+        "--spec",
+        "paper",
+        "--method",
+        "dqn",
+        "--vector",
+        "--out",
+        learned.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("deep Q-learning: proved"), "{text}");
+    assert!(weft(&["verify", "--protocol", learned.to_str().unwrap()])
+        .status
+        .success());
 }
 
 #[test]

@@ -66,7 +66,7 @@ pub fn reachable(machine: &Machine, spec: Spec, rounds: usize) -> Result<BTreeSe
     let mut used = BTreeSet::new();
     for votes in all_votes(machine.n) {
         for_each_failure(spec, machine.n, rounds, |failures| {
-            execute_with(machine, &votes, failures, rounds, |i| {
+            execute_with(machine, &votes, failures, rounds, |_, i| {
                 used.insert(i);
             });
             true

@@ -13,6 +13,7 @@
 //! counterexample feedback comes next.
 
 pub mod artifact;
+pub mod dqn;
 pub mod explicit;
 pub mod model;
 pub mod protocols;

@@ -216,6 +216,40 @@ impl Machine {
         }
     }
 
+    /// The features a learner sees for table entry `i`: the own state one-hot, then the
+    /// input — one one-hot per sender (vector encoding) or each symbol's capped count
+    /// scaled to 0..=1 (symmetric encoding). A function of the entry alone, so the
+    /// learner's view and the table can never disagree.
+    pub fn features(&self, i: usize) -> Vec<f32> {
+        let mut f = vec![0f32; self.states as usize];
+        f[self.own_of(i) as usize] = 1.0;
+        let mut rest = i % self.inputs();
+        match self.encoding {
+            Encoding::Vector => {
+                let mut per_sender = Vec::new();
+                for _ in 0..self.n - 1 {
+                    per_sender.push(rest % self.symbols());
+                    rest /= self.symbols();
+                }
+                for s in per_sender.iter().rev() {
+                    let mut one_hot = vec![0f32; self.symbols()];
+                    one_hot[*s] = 1.0;
+                    f.extend(one_hot);
+                }
+            }
+            Encoding::Symmetric { cap } => {
+                let base = cap as usize + 1;
+                let mut counts = Vec::new();
+                for _ in 0..self.symbols() {
+                    counts.push(rest % base);
+                    rest /= base;
+                }
+                f.extend(counts.iter().rev().map(|c| *c as f32 / cap as f32));
+            }
+        }
+        f
+    }
+
     /// A readable description of table entry `i`: own state and input.
     pub fn describe(&self, i: usize) -> String {
         let own = state_name(self.own_of(i));

@@ -131,16 +131,17 @@ impl fmt::Display for Execution {
 
 /// Runs `machine` for `rounds` rounds from `votes` under `failures`.
 pub fn execute(machine: &Machine, votes: &[State], failures: Failures, rounds: usize) -> Execution {
-    execute_with(machine, votes, failures, rounds, |_| {})
+    execute_with(machine, votes, failures, rounds, |_, _| {})
 }
 
-/// [`execute`], calling `used` with the index of every table entry the run consults.
+/// [`execute`], calling `used(process, entry)` for every table entry a process consults,
+/// in order.
 pub fn execute_with(
     machine: &Machine,
     votes: &[State],
     failures: Failures,
     rounds: usize,
-    mut used: impl FnMut(usize),
+    mut used: impl FnMut(usize, usize),
 ) -> Execution {
     let n = votes.len();
     let mut states = vec![votes.to_vec()];
@@ -158,7 +159,7 @@ pub fn execute_with(
                 others.push(if arrives { prev[p] } else { LOST });
             }
             let i = machine.index(prev[q], &others);
-            used(i);
+            used(q, i);
             next[q] = machine.table[i];
         }
         states.push(next);

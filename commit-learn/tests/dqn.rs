@@ -1,0 +1,72 @@
+//! The deep Q-learning learner finds a protocol that the verifier proves, for the paper's
+//! three-process atomic commit.
+
+use std::time::Duration;
+
+use commit_learn::dqn::{learn, LearnConfig};
+use commit_learn::explicit::{verify, Verdict};
+use commit_learn::spec::Spec;
+
+#[test]
+fn learns_a_verified_three_process_protocol() {
+    let mut cfg = LearnConfig::new(Spec::Paper, 3, 1);
+    cfg.budget = Duration::from_secs(
+        std::env::var("WEFT_LEARN_BUDGET_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120),
+    );
+    let report = learn(&cfg, |p| {
+        if p.episode % 1000 == 0 {
+            eprintln!(
+                "episode {} reward {:.1} eps {:.2} checks {} cex {}",
+                p.episode, p.reward, p.epsilon, p.checks, p.counterexamples
+            );
+        }
+    })
+    .unwrap();
+    eprintln!("{:?} in {:?}", report.progress, report.elapsed);
+    assert!(
+        report.proved,
+        "not proved within the budget: {:?}",
+        report.progress
+    );
+    assert!(matches!(
+        verify(&report.machine, Spec::Paper, 2).unwrap(),
+        Verdict::Proved { .. }
+    ));
+    // Z3 agrees.
+    let (z3, _) = commit_learn::smt::verify(&report.machine, Spec::Paper, 2).unwrap();
+    assert!(matches!(z3, Verdict::Proved { .. }));
+    // Same seed, same protocol: training is reproducible.
+    let again = learn(&cfg, |_| {}).unwrap();
+    assert_eq!(again.machine.table, report.machine.table);
+    assert_eq!(again.progress.episode, report.progress.episode);
+}
+
+/// The target, run on demand in release: `WEFT_LEARN_SEEDS=10 cargo test -p
+/// commit-learn --release --test dqn -- --ignored seeds --nocapture`.
+#[test]
+#[ignore = "takes minutes in a debug build; a release-mode report (see the doc comment)"]
+fn seeds() {
+    let seeds: u64 = std::env::var("WEFT_LEARN_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut proved = 0;
+    for seed in 1..=seeds {
+        let mut cfg = LearnConfig::new(Spec::Paper, 3, seed);
+        cfg.budget = Duration::from_secs(60);
+        let r = learn(&cfg, |_| {}).unwrap();
+        eprintln!(
+            "seed {seed}: proved {} after {} episodes, {} checks, {:.2} s",
+            r.proved,
+            r.progress.episode,
+            r.progress.checks,
+            r.elapsed.as_secs_f64()
+        );
+        proved += usize::from(r.proved);
+    }
+    eprintln!("{proved} of {seeds} seeds proved within 60 s");
+    assert!(proved * 10 >= seeds as usize * 9);
+}
