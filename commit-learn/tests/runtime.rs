@@ -1,38 +1,16 @@
 //! A verified protocol run as a service over the `mem` transport, with crash injection:
 //! every surviving participant reaches the same decision.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use commit_learn::protocols::floodset_nbac;
 use commit_learn::runtime::participate;
 use commit_learn::spec::Decision;
-use weft_transport::{
-    open, BackendConfig, LayerTuning, MemConfig, NodeId, NodeSpec, TransportConfig,
-};
+use weft_transport::{open, NodeId, TransportConfig};
 
 fn transports(cluster: u64, n: u32) -> Vec<Box<dyn weft_transport::Transport>> {
     (1..=n)
-        .map(|id| {
-            open(&TransportConfig {
-                cluster_id: cluster,
-                local: NodeId(id),
-                nodes: (1..=n)
-                    .map(|i| NodeSpec {
-                        id: NodeId(i),
-                        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    })
-                    .collect(),
-                backend: BackendConfig::Mem(MemConfig::default()),
-                require: vec![],
-                max_message: 1024,
-                layers: None,
-                fast_path: true,
-                tuning: LayerTuning::default(),
-                key: None,
-            })
-            .unwrap()
-        })
+        .map(|id| open(&TransportConfig::mem(cluster, NodeId(id), n)).unwrap())
         .collect()
 }
 

@@ -115,6 +115,13 @@ pub enum NodeError {
     Refused(String),
 }
 
+impl Status {
+    /// Whether the node reports itself as the leader.
+    pub fn is_leader(&self) -> bool {
+        self.role == "Leader"
+    }
+}
+
 /// The answer to a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadResult {
@@ -124,8 +131,9 @@ pub enum ReadResult {
     All(BTreeMap<String, Bytes>),
 }
 
-/// rafty's `diagnostic`: what a node knows about itself and the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// rafty's `diagnostic`: what a node knows about itself and the cluster. It travels to
+/// clients as it is (MessagePack).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     /// This node.
     pub id: NodeId,

@@ -1,34 +1,16 @@
 //! The node runtime on real threads over the `mem` transport: writes through the leader,
 //! linearizable reads, a leader crash in the middle, and retries that apply once.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weft_raft::kv::{KvCommand, KvOutcome, KvRequest};
 use weft_raft::node::{NoStore, Node, NodeConfig, NodeError, NodeHandle, ReadResult};
 use weft_raft::{NodeId, Persisted};
-use weft_transport::{open, BackendConfig, LayerTuning, MemConfig, NodeSpec, TransportConfig};
+use weft_transport::{open, MemConfig, TransportConfig};
 
 fn transport(cluster: u64, id: u32, n: u32) -> Box<dyn weft_transport::Transport> {
-    open(&TransportConfig {
-        cluster_id: cluster,
-        local: NodeId(id),
-        nodes: (1..=n)
-            .map(|i| NodeSpec {
-                id: NodeId(i),
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            })
-            .collect(),
-        backend: BackendConfig::Mem(MemConfig::default()),
-        require: vec![],
-        max_message: 1 << 20,
-        layers: None,
-        fast_path: true,
-        tuning: LayerTuning::default(),
-        key: None,
-    })
-    .unwrap()
+    open(&TransportConfig::mem(cluster, NodeId(id), n)).unwrap()
 }
 
 fn start(cluster: u64, id: u32, n: u32) -> Node {

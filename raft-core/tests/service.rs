@@ -19,29 +19,12 @@ use weft_raft::service::protocol::{
 };
 use weft_raft::service::{serve, Server, ServerConfig};
 use weft_raft::{NodeId, Persisted};
-use weft_transport::{open, BackendConfig, LayerTuning, MemConfig, NodeSpec, TransportConfig};
+use weft_transport::{open, TransportConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn transport(cluster: u64, id: u32, n: u32) -> Box<dyn weft_transport::Transport> {
-    open(&TransportConfig {
-        cluster_id: cluster,
-        local: NodeId(id),
-        nodes: (1..=n)
-            .map(|i| NodeSpec {
-                id: NodeId(i),
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            })
-            .collect(),
-        backend: BackendConfig::Mem(MemConfig::default()),
-        require: vec![],
-        max_message: 1 << 20,
-        layers: None,
-        fast_path: true,
-        tuning: LayerTuning::default(),
-        key: None,
-    })
-    .unwrap()
+    open(&TransportConfig::mem(cluster, NodeId(id), n)).unwrap()
 }
 
 /// Three nodes, a server per node, each server knowing every server's address.

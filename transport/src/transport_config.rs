@@ -47,6 +47,30 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
+    /// Node `local` of an in-process cluster of nodes `1..=n` on the `mem` fabric with no
+    /// faults and default settings: the quickest way to run weft in one process (tests,
+    /// examples, simulations). Every endpoint opened with the same `cluster_id` shares one
+    /// fabric.
+    pub fn mem(cluster_id: u64, local: NodeId, n: u32) -> TransportConfig {
+        TransportConfig {
+            cluster_id,
+            local,
+            nodes: (1..=n)
+                .map(|i| NodeSpec {
+                    id: NodeId(i),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                })
+                .collect(),
+            backend: BackendConfig::Mem(MemConfig::default()),
+            require: Vec::new(),
+            max_message: 1 << 20,
+            layers: None,
+            fast_path: true,
+            tuning: LayerTuning::default(),
+            key: None,
+        }
+    }
+
     /// The ids of every member except the local one, ascending.
     pub fn peer_ids(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self

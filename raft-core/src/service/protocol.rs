@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::KvOutcome;
 use crate::node::Status;
-use crate::{Change, Index, Membership, NodeId, Term};
+use crate::{Change, Index, NodeId};
 
 /// Length of the frame header: a big-endian `u32` byte count.
 pub const LENGTH_PREFIX: usize = 4;
@@ -247,60 +247,8 @@ impl ErrorKind {
     }
 }
 
-/// A node's diagnostic on the wire (see [`crate::node::Status`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// The node.
-    pub id: NodeId,
-    /// `Leader`, `Candidate`, `Follower` (or another role name of the core).
-    pub role: String,
-    /// Current term.
-    pub term: Term,
-    /// Vote in the current term.
-    pub voted_for: Option<NodeId>,
-    /// The leader, if known.
-    pub leader: Option<NodeId>,
-    /// Voters, outgoing voters (during a joint change) and learners.
-    pub membership: Membership,
-    /// Commit index.
-    pub commit: Index,
-    /// Applied index.
-    pub applied: Index,
-    /// Last log index.
-    pub last_index: Index,
-    /// Reads per second over the last 10 seconds, oldest first.
-    pub reads_per_s: Vec<u64>,
-    /// Writes per second over the last 10 seconds, oldest first.
-    pub writes_per_s: Vec<u64>,
-    /// Log entries appended (persisted) per second over the last 10 seconds, oldest first.
-    pub appends_per_s: Vec<u64>,
-}
-
-impl NodeStatus {
-    /// Whether the node reports itself as the leader.
-    pub fn is_leader(&self) -> bool {
-        self.role == "Leader"
-    }
-}
-
-impl From<Status> for NodeStatus {
-    fn from(s: Status) -> NodeStatus {
-        NodeStatus {
-            id: s.id,
-            role: s.role,
-            term: s.term,
-            voted_for: s.voted_for,
-            leader: s.leader,
-            membership: s.membership,
-            commit: s.commit,
-            applied: s.applied,
-            last_index: s.last_index,
-            reads_per_s: s.reads_per_s,
-            writes_per_s: s.writes_per_s,
-            appends_per_s: s.appends_per_s,
-        }
-    }
-}
+/// A node's diagnostic on the wire: the node's own [`crate::node::Status`], unchanged.
+pub type NodeStatus = Status;
 
 /// Why a frame could not be read, written or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -432,7 +380,7 @@ mod tests {
             term: 3,
             voted_for: Some(NodeId(1)),
             leader: Some(NodeId(1)),
-            membership: Membership::with_voters([NodeId(1), NodeId(2)]),
+            membership: crate::Membership::with_voters([NodeId(1), NodeId(2)]),
             commit: 10,
             applied: 9,
             last_index: 11,
