@@ -103,18 +103,37 @@ impl SimOptions {
     }
 }
 
-/// A node's disk.
-#[derive(Clone, Debug, Default)]
-struct Disk {
-    hard: HardState,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
+/// The reference model of a node's durable storage: what a [`crate::node::LogStore`]
+/// must be equivalent to across crashes (the simulator's disk, and the oracle of the
+/// write-ahead log's crash tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelDisk {
+    /// The persisted hard state.
+    pub hard: HardState,
+    /// The persisted snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// The persisted entries.
+    pub entries: Vec<Entry>,
 }
 
-impl Disk {
+impl ModelDisk {
+    /// The model of what was recovered.
+    pub fn of(p: &Persisted) -> ModelDisk {
+        ModelDisk {
+            hard: p.hard_state,
+            snapshot: p.snapshot.clone(),
+            entries: p.entries.clone(),
+        }
+    }
+
     /// Persists a ready. A snapshot from the leader keeps the stored entries after it only
     /// if the stored entry at its index has its term, exactly as the core's log does.
-    fn persist(&mut self, hard: Option<HardState>, snapshot: Option<&Snapshot>, entries: &[Entry]) {
+    pub fn persist(
+        &mut self,
+        hard: Option<HardState>,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+    ) {
         if let Some(s) = snapshot {
             let matches = self
                 .entries
@@ -137,9 +156,33 @@ impl Disk {
     }
 
     /// Records a local snapshot: the entries it covers go, the suffix stays.
-    fn compact(&mut self, snapshot: &Snapshot) {
+    pub fn compact(&mut self, snapshot: &Snapshot) {
         self.entries.retain(|e| e.index > snapshot.meta.index);
         self.snapshot = Some(snapshot.clone());
+    }
+
+    /// What recovery must return: the hard state, the snapshot, and the entries after it.
+    pub fn recovered(&self) -> ModelDisk {
+        let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        ModelDisk {
+            hard: self.hard,
+            snapshot: self.snapshot.clone(),
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| e.index > base)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The last index held (an entry's, else the snapshot's, else 0).
+    pub fn last_index(&self) -> Index {
+        self.entries
+            .last()
+            .map(|e| e.index)
+            .or(self.snapshot.as_ref().map(|s| s.meta.index))
+            .unwrap_or(0)
     }
 }
 
@@ -205,7 +248,7 @@ struct Client {
 
 struct SimNode {
     raw: Option<RawNode>,
-    disk: Disk,
+    disk: ModelDisk,
     applied: Applied,
     /// Steps until a crashed node restarts.
     down_until: u64,
@@ -275,7 +318,7 @@ impl Sim {
             let raw = sim.boot(id, Persisted::default());
             sim.nodes.push(SimNode {
                 raw: Some(raw),
-                disk: Disk::default(),
+                disk: ModelDisk::default(),
                 applied: Applied::default(),
                 down_until: 0,
                 last_term: 0,

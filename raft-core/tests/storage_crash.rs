@@ -12,7 +12,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use weft_raft::storage::{DiskStorage, StorageError, StorageOptions};
 use weft_raft::{
-    Entry, HardState, Index, Membership, NodeId, Payload, Persisted, Snapshot, SnapshotMeta, Term,
+    Entry, HardState, Index, Membership, NodeId, Payload, Snapshot, SnapshotMeta, Term,
 };
 
 const CLUSTER: u64 = 0xC1_05E7;
@@ -55,73 +55,8 @@ fn small(segment_bytes: u64) -> StorageOptions {
     StorageOptions { segment_bytes }
 }
 
-/// What a node has on disk, with the simulator's `Disk` semantics.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct State {
-    hard: HardState,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
-}
-
-impl State {
-    fn of(p: &Persisted) -> State {
-        State {
-            hard: p.hard_state,
-            snapshot: p.snapshot.clone(),
-            entries: p.entries.clone(),
-        }
-    }
-
-    fn persist(&mut self, hard: Option<HardState>, snapshot: Option<&Snapshot>, entries: &[Entry]) {
-        if let Some(s) = snapshot {
-            let matches = self
-                .entries
-                .iter()
-                .any(|e| e.index == s.meta.index && e.term == s.meta.term);
-            if matches {
-                self.entries.retain(|e| e.index > s.meta.index);
-            } else {
-                self.entries.clear();
-            }
-            self.snapshot = Some(s.clone());
-        }
-        if let Some(first) = entries.first() {
-            self.entries.retain(|e| e.index < first.index);
-            self.entries.extend_from_slice(entries);
-        }
-        if let Some(h) = hard {
-            self.hard = h;
-        }
-    }
-
-    fn compact(&mut self, s: &Snapshot) {
-        self.entries.retain(|e| e.index > s.meta.index);
-        self.snapshot = Some(s.clone());
-    }
-
-    /// What recovery must return: the entries after the snapshot.
-    fn expected(&self) -> State {
-        let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
-        State {
-            hard: self.hard,
-            snapshot: self.snapshot.clone(),
-            entries: self
-                .entries
-                .iter()
-                .filter(|e| e.index > base)
-                .cloned()
-                .collect(),
-        }
-    }
-
-    fn last_index(&self) -> Index {
-        self.entries
-            .last()
-            .map(|e| e.index)
-            .or(self.snapshot.as_ref().map(|s| s.meta.index))
-            .unwrap_or(0)
-    }
-}
+/// What a node has on disk: the simulator's reference model is the oracle.
+type State = weft_raft::sim::ModelDisk;
 
 fn open(dir: &Path, opts: StorageOptions) -> (DiskStorage, State) {
     let (s, p) = DiskStorage::open(dir, CLUSTER, NODE, opts)
@@ -193,20 +128,20 @@ fn entries_hard_state_and_snapshot_survive_reopen() {
     let mut m = step(&mut s, Some(hs(2, 8)), vec![]);
     drop(s);
     let (mut s, st) = open(dir.path(), StorageOptions::default());
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
 
     s.compact(&snap(4, 1)).unwrap();
     m.compact(&snap(4, 1));
     drop(s);
     let (mut s, st) = open(dir.path(), StorageOptions::default());
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert_eq!(st.entries.first().map(|e| e.index), Some(5));
 
     s.persist(Some(hs(3, 9)), None, &ents(9..=10, 3)).unwrap();
     m.persist(Some(hs(3, 9)), None, &ents(9..=10, 3));
     assert_eq!(s.log_bytes(), disk_bytes(dir.path()));
     drop(s);
-    assert_eq!(try_open(dir.path()).unwrap(), m.expected());
+    assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
 }
 
 #[test]
@@ -225,7 +160,7 @@ fn suffix_replacement_survives_reopen_across_segments() {
     m.persist(Some(hs(2, 6)), None, &ents(7..=8, 2));
     drop(s);
     let (mut s, st) = open(dir.path(), opts);
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert_eq!(st.entries.len(), 8);
 
     // A gap is refused and does not poison the storage.
@@ -249,7 +184,7 @@ fn suffix_replacement_survives_reopen_across_segments() {
     m.persist(Some(hs(3, 2)), None, &ents(3..=3, 3));
     drop(s);
     let st = try_open(dir.path()).unwrap();
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert_eq!(st.entries.last(), Some(&ent(3, 3)));
 }
 
@@ -265,7 +200,7 @@ fn leader_snapshot_keeps_the_suffix_only_if_its_entry_matches() {
     m.persist(Some(hs(1, 5)), Some(&snap(5, 1)), &[]);
     drop(s);
     let (mut s, st) = open(dir.path(), StorageOptions::default());
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert_eq!(st.entries, ents(6..=10, 1));
     assert_eq!(st.snapshot, Some(snap(5, 1)));
     // Matching again, later, with entries in the same Ready.
@@ -274,7 +209,7 @@ fn leader_snapshot_keeps_the_suffix_only_if_its_entry_matches() {
     m.persist(Some(hs(2, 8)), Some(&snap(8, 1)), &ents(10..=11, 2));
     drop(s);
     let st = try_open(dir.path()).unwrap();
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert_eq!(
         snapshot_files(dir.path()).len(),
         1,
@@ -291,7 +226,7 @@ fn leader_snapshot_keeps_the_suffix_only_if_its_entry_matches() {
     m.persist(Some(hs(2, 5)), Some(&snap(5, 2)), &[]);
     drop(s);
     let (mut s, st) = open(dir.path(), StorageOptions::default());
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert!(st.entries.is_empty());
     s.persist(None, None, &ents(6..=7, 2)).unwrap();
     m.persist(None, None, &ents(6..=7, 2));
@@ -301,7 +236,7 @@ fn leader_snapshot_keeps_the_suffix_only_if_its_entry_matches() {
     m.persist(Some(hs(3, 12)), Some(&snap(12, 3)), &ents(13..=14, 3));
     drop(s);
     let (mut s, st) = open(dir.path(), StorageOptions::default());
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert_eq!(st.entries, ents(13..=14, 3));
     // An older snapshot is refused.
     let err = s.persist(None, Some(&snap(4, 1)), &[]).unwrap_err();
@@ -345,7 +280,7 @@ fn rollover_and_compaction_delete_old_segments() {
     assert_eq!(s.log_bytes(), disk_bytes(dir.path()));
     drop(s);
     let (mut s, st) = open(dir.path(), opts);
-    assert_eq!(st, m.expected());
+    assert_eq!(st, m.recovered());
     assert_eq!(st.entries, ents(51..=60, 1));
 
     // Covering everything leaves only the active segment.
@@ -357,7 +292,7 @@ fn rollover_and_compaction_delete_old_segments() {
     m.persist(Some(hs(2, 60)), None, &[ent(61, 2)]);
     assert_eq!(s.log_bytes(), disk_bytes(dir.path()));
     drop(s);
-    assert_eq!(try_open(dir.path()).unwrap(), m.expected());
+    assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
 }
 
 #[test]
@@ -379,12 +314,12 @@ fn group_commit_makes_writes_durable_only_at_sync() {
     assert!(s.log_bytes() > synced_len);
     let crashed = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), crashed.path());
-    assert_eq!(try_open(crashed.path()).unwrap(), synced.expected());
+    assert_eq!(try_open(crashed.path()).unwrap(), synced.recovered());
     // One sync covers all three writes.
     s.sync().unwrap();
     assert_eq!(fs::metadata(&seg).unwrap().len(), s.log_bytes());
     drop(s);
-    assert_eq!(try_open(dir.path()).unwrap(), m.expected());
+    assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
 }
 
 /// One call: hard state, snapshot, entries, and whether it is a local compaction.
@@ -411,7 +346,7 @@ fn run(dir: &Path, opts: StorageOptions, steps: &[Step]) -> (Vec<Mark>, Vec<(Str
         (
             name(&newest),
             fs::metadata(&newest).unwrap().len(),
-            m.expected(),
+            m.recovered(),
             present,
         )
     };
@@ -809,12 +744,12 @@ proptest! {
                     drop(s);
                     let (s2, st) = open(dir.path(), opts);
                     s = s2;
-                    prop_assert_eq!(&st, &m.expected());
+                    prop_assert_eq!(&st, &m.recovered());
                 }
             }
             prop_assert_eq!(s.log_bytes(), disk_bytes(dir.path()));
         }
         drop(s);
-        prop_assert_eq!(try_open(dir.path()).unwrap(), m.expected());
+        prop_assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
     }
 }
