@@ -56,7 +56,7 @@ impl Cluster {
             }
             moved = true;
             let rd = node.ready();
-            for m in &rd.messages {
+            for m in rd.early_messages.iter().chain(&rd.messages) {
                 let _ = t.send(m.to, m.encode());
             }
             node.advance(&rd);

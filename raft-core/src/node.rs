@@ -590,16 +590,14 @@ impl Runtime {
     fn handle_ready(&mut self) -> Result<(), String> {
         while self.raw.has_ready() {
             let rd = self.raw.ready();
+            // 0. The leader's appends go out at once: its own fsync overlaps theirs.
+            self.send_all(&rd.early_messages);
             // 1. Durable first: one persist (one fsync) for the whole batch.
             self.store
                 .persist(rd.hard_state, rd.snapshot.as_ref(), &rd.entries)?;
             self.rates.add(APPENDS, rd.entries.len() as u64);
             // 2. Then tell the others.
-            for m in &rd.messages {
-                if let Err(e) = self.transport.send(m.to, m.encode()) {
-                    tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
-                }
-            }
+            self.send_all(&rd.messages);
             // 3. Then apply.
             if let Some(s) = &rd.snapshot {
                 self.kv = KvStore::restore(&s.data)
@@ -641,6 +639,14 @@ impl Runtime {
             self.maybe_snapshot()?;
         }
         Ok(())
+    }
+
+    fn send_all(&self, messages: &[Message]) {
+        for m in messages {
+            if let Err(e) = self.transport.send(m.to, m.encode()) {
+                tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
+            }
+        }
     }
 
     fn apply(&mut self, e: &Entry) {

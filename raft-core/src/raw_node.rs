@@ -2,9 +2,12 @@
 //! `Ready` contract.
 //!
 //! The caller loops: feed in ticks, messages and proposals; when [`RawNode::has_ready`],
-//! take a [`Ready`], then in this order (1) persist its snapshot, hard state and entries
-//! (fsync), (2) send its messages, (3) apply its snapshot and committed entries, and
-//! (4) call [`RawNode::advance`]. Messages that acknowledge entries are only sent after
+//! take a [`Ready`], then in this order (0) send its `early_messages`, (1) persist its
+//! snapshot, hard state and entries (fsync), (2) send its `messages`, (3) apply its snapshot
+//! and committed entries, and (4) call [`RawNode::advance`]. The early messages are the
+//! leader's appends and heartbeats: they may overlap the leader's own fsync because the
+//! leader counts itself towards a commit only once its entries are durable (thesis
+//! §10.2.1). Messages that acknowledge entries are only sent after
 //! those entries are durable, so nothing acknowledged can be lost in a crash.
 
 use bytes::Bytes;
@@ -47,6 +50,9 @@ pub struct Ready {
     pub snapshot: Option<Snapshot>,
     /// Entries to append to stable storage (they may replace a suffix of the stored log).
     pub entries: Vec<Entry>,
+    /// Messages that may be sent before the above is durable (the leader's appends,
+    /// heartbeats, snapshot chunks and TimeoutNow).
+    pub early_messages: Vec<Message>,
     /// Messages to send once the above is durable.
     pub messages: Vec<Message>,
     /// Entries to apply to the state machine, in order.
@@ -63,6 +69,7 @@ impl Ready {
             && self.snapshot.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
+            && self.early_messages.is_empty()
             && self.committed.is_empty()
             && self.read_states.is_empty()
     }
@@ -234,12 +241,25 @@ impl RawNode {
         self.raft.flush_appends();
         let hard = self.raft.hard_state();
         let soft = self.soft();
+        // Only leaders send these, and nothing in them depends on what this Ready persists.
+        let (early, late): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.raft.msgs)
+            .into_iter()
+            .partition(|m| {
+                matches!(
+                    m.body,
+                    crate::Body::Append { .. }
+                        | crate::Body::Heartbeat { .. }
+                        | crate::Body::InstallSnapshot { .. }
+                        | crate::Body::TimeoutNow
+                )
+            });
         Ready {
             soft_state: (soft != self.last_soft).then_some(soft),
             hard_state: (hard != self.last_hard).then_some(hard),
             snapshot: self.raft.pending_snapshot.take(),
             entries: self.raft.log.unstable(),
-            messages: std::mem::take(&mut self.raft.msgs),
+            early_messages: early,
+            messages: late,
             committed: self.raft.log.to_apply(),
             read_states: std::mem::take(&mut self.raft.read_states),
         }

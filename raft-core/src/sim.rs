@@ -597,9 +597,14 @@ impl Sim {
             } else if self.rng.gen_bool(f.crash) {
                 let torn = self.rng.gen_bool(f.torn_write);
                 if torn {
-                    // Crash while persisting: the ready in progress is lost unsynced.
-                    if let Some(raw) = &mut self.nodes[i].raw {
-                        let _ = raw.ready();
+                    // Crash while persisting: the ready in progress is lost unsynced, after
+                    // its early messages went out (as they may).
+                    let early = match &mut self.nodes[i].raw {
+                        Some(raw) => raw.ready().early_messages,
+                        None => Vec::new(),
+                    };
+                    for m in &early {
+                        self.send(id, m);
                     }
                 }
                 let down = self.rng.gen_range(10..500);
@@ -618,6 +623,9 @@ impl Sim {
             return;
         }
         let ready = raw.ready();
+        for m in &ready.early_messages {
+            self.send(id, m);
+        }
         let (seed, step) = (self.opts.seed, self.step);
         let max_term = self.nodes.iter().map(|n| n.last_term).max().unwrap_or(0);
         let node = &mut self.nodes[i];

@@ -304,3 +304,53 @@ fn chunked_snapshots_survive_an_unreliable_network() {
         "same commands, same order"
     );
 }
+
+/// The leader's appends may overlap its own fsync (thesis §10.2.1); vote requests may not
+/// leave before the term and vote they carry are durable.
+#[test]
+fn leader_appends_may_go_before_the_fsync_votes_may_not() {
+    use weft_raft::{Body, Membership, Message, Persisted, RawNode};
+    let mut cfg = Config::new(NodeId(1));
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    let mut n = RawNode::new(
+        cfg,
+        Membership::with_voters((1..=3).map(NodeId)),
+        Persisted::default(),
+    )
+    .unwrap();
+    n.campaign();
+    let rd = n.ready();
+    assert!(rd.early_messages.is_empty());
+    assert!(!rd.messages.is_empty());
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| matches!(m.body, Body::RequestVote { .. })));
+    assert!(
+        rd.hard_state.is_some(),
+        "the vote for itself is persisted first"
+    );
+    n.advance(&rd);
+    n.step(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: n.term(),
+        epoch: 0,
+        body: Body::VoteResponse {
+            pre: false,
+            granted: true,
+        },
+    });
+    assert_eq!(n.role(), Role::Leader);
+    let rd = n.ready();
+    assert!(!rd.early_messages.is_empty());
+    assert!(rd
+        .early_messages
+        .iter()
+        .all(|m| matches!(m.body, Body::Append { .. })));
+    assert!(
+        !rd.entries.is_empty(),
+        "its own copy is persisted in the same Ready"
+    );
+}

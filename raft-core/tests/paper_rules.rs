@@ -88,9 +88,14 @@ fn fresh(id: u32) -> RawNode {
 }
 
 /// Takes the node's ready and reports it done (persisted, sent, applied).
+/// Takes and advances a Ready; its early messages (the leader's appends and heartbeats)
+/// are put first in `messages`, in the order they would be sent.
 fn flush(n: &mut RawNode) -> Ready {
-    let rd = n.ready();
+    let mut rd = n.ready();
     n.advance(&rd);
+    let mut all = std::mem::take(&mut rd.early_messages);
+    all.append(&mut rd.messages);
+    rd.messages = all;
     rd
 }
 
