@@ -294,29 +294,15 @@ pub fn learn(
         for (i, a) in greedy.iter().enumerate() {
             machine.table[i] = *a as State;
         }
+        let mut proved = false;
         if episode > 0 && episode % cfg.episodes_per_check == 0 {
             checks += 1;
             match explicit::verify(&machine, cfg.spec, cfg.rounds)? {
-                Verdict::Proved { .. } => {
-                    let p = Progress {
-                        episode,
-                        reward: 0.0,
-                        epsilon: 0.1,
-                        checks,
-                        counterexamples: counterexamples.len(),
-                    };
-                    progress(&p);
-                    return Ok(LearnReport {
-                        machine,
-                        proved: true,
-                        progress: p,
-                        elapsed: started.elapsed(),
-                    });
-                }
+                Verdict::Proved { .. } => proved = true,
                 Verdict::Refuted(c) => counterexamples.push((c.run.votes, c.run.failures)),
             }
         }
-        if started.elapsed() > cfg.budget {
+        if proved || started.elapsed() > cfg.budget {
             let p = Progress {
                 episode,
                 reward: 0.0,
@@ -324,9 +310,10 @@ pub fn learn(
                 checks,
                 counterexamples: counterexamples.len(),
             };
+            progress(&p);
             return Ok(LearnReport {
                 machine,
-                proved: false,
+                proved,
                 progress: p,
                 elapsed: started.elapsed(),
             });

@@ -216,6 +216,22 @@ impl Machine {
         }
     }
 
+    /// The input part of table entry `i`, most significant digit first: the symbol of
+    /// each sender (vector encoding) or the capped count of each symbol (symmetric).
+    fn input_digits(&self, i: usize) -> Vec<usize> {
+        let (digits, base) = match self.encoding {
+            Encoding::Vector => (self.n - 1, self.symbols()),
+            Encoding::Symmetric { cap } => (self.symbols(), cap as usize + 1),
+        };
+        let mut rest = i % self.inputs();
+        let mut out = vec![0; digits];
+        for d in out.iter_mut().rev() {
+            *d = rest % base;
+            rest /= base;
+        }
+        out
+    }
+
     /// The features a learner sees for table entry `i`: the own state one-hot, then the
     /// input — one one-hot per sender (vector encoding) or each symbol's capped count
     /// scaled to 0..=1 (symmetric encoding). A function of the entry alone, so the
@@ -223,29 +239,16 @@ impl Machine {
     pub fn features(&self, i: usize) -> Vec<f32> {
         let mut f = vec![0f32; self.states as usize];
         f[self.own_of(i) as usize] = 1.0;
-        let mut rest = i % self.inputs();
+        let digits = self.input_digits(i);
         match self.encoding {
             Encoding::Vector => {
-                let mut per_sender = Vec::new();
-                for _ in 0..self.n - 1 {
-                    per_sender.push(rest % self.symbols());
-                    rest /= self.symbols();
-                }
-                for s in per_sender.iter().rev() {
+                for s in digits {
                     let mut one_hot = vec![0f32; self.symbols()];
-                    one_hot[*s] = 1.0;
+                    one_hot[s] = 1.0;
                     f.extend(one_hot);
                 }
             }
-            Encoding::Symmetric { cap } => {
-                let base = cap as usize + 1;
-                let mut counts = Vec::new();
-                for _ in 0..self.symbols() {
-                    counts.push(rest % base);
-                    rest /= base;
-                }
-                f.extend(counts.iter().rev().map(|c| *c as f32 / cap as f32));
-            }
+            Encoding::Symmetric { cap } => f.extend(digits.iter().map(|c| *c as f32 / cap as f32)),
         }
         f
     }
@@ -253,27 +256,14 @@ impl Machine {
     /// A readable description of table entry `i`: own state and input.
     pub fn describe(&self, i: usize) -> String {
         let own = state_name(self.own_of(i));
-        let mut rest = i % self.inputs();
+        let digits = self.input_digits(i);
         match self.encoding {
             Encoding::Vector => {
-                let mut syms = Vec::new();
-                for _ in 0..self.n - 1 {
-                    syms.push(rest % self.symbols());
-                    rest /= self.symbols();
-                }
-                syms.reverse();
-                let names: Vec<String> = syms.iter().map(|s| self.symbol_name(*s)).collect();
+                let names: Vec<String> = digits.iter().map(|s| self.symbol_name(*s)).collect();
                 format!("{own} receiving [{}]", names.join(", "))
             }
             Encoding::Symmetric { cap } => {
-                let base = cap as usize + 1;
-                let mut counts = Vec::new();
-                for _ in 0..self.symbols() {
-                    counts.push(rest % base);
-                    rest /= base;
-                }
-                counts.reverse();
-                let parts: Vec<String> = counts
+                let parts: Vec<String> = digits
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| **c > 0)
