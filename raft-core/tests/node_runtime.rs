@@ -14,9 +14,15 @@ fn transport(cluster: u64, id: u32, n: u32) -> Box<dyn weft_transport::Transport
 }
 
 fn start(cluster: u64, id: u32, n: u32) -> Node {
+    start_with(cluster, id, n, |_| {})
+}
+
+/// Starts node `id` with 5 ms ticks, then whatever `tweak` changes.
+fn start_with(cluster: u64, id: u32, n: u32, tweak: impl Fn(&mut NodeConfig)) -> Node {
     let mut cfg = NodeConfig::new(NodeId(id), (1..=n).map(NodeId));
     cfg.tick = Duration::from_millis(5);
     cfg.snapshot_entries = 200;
+    tweak(&mut cfg);
     Node::start(
         cfg,
         Persisted::default(),
@@ -24,6 +30,18 @@ fn start(cluster: u64, id: u32, n: u32) -> Node {
         transport(cluster, id, n),
     )
     .unwrap()
+}
+
+/// A node that follows a known leader.
+fn follower(handles: &[Option<NodeHandle>]) -> &NodeHandle {
+    handles
+        .iter()
+        .flatten()
+        .find(|h| {
+            h.status()
+                .is_some_and(|s| s.role == "Follower" && s.leader.is_some())
+        })
+        .expect("a follower with a leader")
 }
 
 /// Sends `req` to whichever node leads, following redirects, until it is applied.
@@ -139,14 +157,7 @@ fn followers_redirect_and_stale_reads_answer_locally() {
     let nodes: Vec<Node> = (1..=3).map(|i| start(0xA0DE_0002, i, 3)).collect();
     let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
     write(&h, &put(9, 1, "x", "1"));
-    let follower = h
-        .iter()
-        .flatten()
-        .find(|h| {
-            h.status()
-                .is_some_and(|s| s.role == "Follower" && s.leader.is_some())
-        })
-        .unwrap();
+    let follower = follower(&h);
     match follower
         .write(put(9, 2, "x", "2"))
         .recv_timeout(Duration::from_secs(2))
@@ -174,31 +185,18 @@ fn followers_redirect_and_stale_reads_answer_locally() {
 #[test]
 fn a_request_the_cluster_cannot_answer_times_out() {
     let cluster = 0xA0DE_0003;
+    // Long ticks: the isolated follower keeps its leader (no role change answers the
+    // read first) well past the request timeout.
     let start_quick = |id: u32| {
-        let mut cfg = NodeConfig::new(NodeId(id), (1..=3).map(NodeId));
-        // Long ticks: the isolated follower keeps its leader (no role change answers the
-        // read first) well past the request timeout.
-        cfg.tick = Duration::from_millis(100);
-        cfg.request_timeout = Duration::from_millis(300);
-        Node::start(
-            cfg,
-            Persisted::default(),
-            Box::new(NoStore),
-            transport(cluster, id, 3),
-        )
-        .unwrap()
+        start_with(cluster, id, 3, |cfg| {
+            cfg.tick = Duration::from_millis(100);
+            cfg.request_timeout = Duration::from_millis(300);
+        })
     };
     let nodes: Vec<Node> = (1..=3).map(start_quick).collect();
     let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
     write(&h, &put(5, 1, "a", "1"));
-    let follower = h
-        .iter()
-        .flatten()
-        .find(|h| {
-            h.status()
-                .is_some_and(|s| s.role == "Follower" && s.leader.is_some())
-        })
-        .unwrap();
+    let follower = follower(&h);
     let me = follower.status().unwrap().id;
     // Cut the follower off: its forwarded read can never be answered.
     weft_transport::backend::mem::MemFabric::shared(cluster, &MemConfig::default()).set_partitions(
