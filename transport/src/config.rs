@@ -1221,13 +1221,18 @@ tick_sm = 15
         assert!(err.contains("raft") && err.contains("tick_sm"), "{err}");
     }
 
+    /// A shipped example, located at run time: a path baked in at compile time would point
+    /// into whichever checkout first built this test in a shared target directory.
+    fn example(name: &str) -> PathBuf {
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        dir.join("..").join("examples").join(name)
+    }
+
     #[test]
     fn shipped_examples_load() {
-        let udp = ClusterConfig::load(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/cluster-udp.toml"
-        ))
-        .expect("examples/cluster-udp.toml");
+        let udp =
+            ClusterConfig::load(example("cluster-udp.toml")).expect("examples/cluster-udp.toml");
         assert_eq!(udp.node_ids(), vec![NodeId(1), NodeId(2), NodeId(3)]);
         assert_eq!(udp.backend.kind(), "udp");
         assert!(udp.key.is_some());
@@ -1242,11 +1247,8 @@ tick_sm = 15
             udp.transport_for(id).expect("member");
         }
 
-        let mem = ClusterConfig::load(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/cluster-mem.toml"
-        ))
-        .expect("examples/cluster-mem.toml");
+        let mem =
+            ClusterConfig::load(example("cluster-mem.toml")).expect("examples/cluster-mem.toml");
         assert_eq!(mem.node_ids().len(), 3);
         assert_eq!(mem.backend.kind(), "mem");
         for id in mem.node_ids() {
