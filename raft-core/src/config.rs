@@ -29,9 +29,11 @@ pub struct Config {
     /// Serve reads from the leader's lease instead of a heartbeat round (requires
     /// `check_quorum`; assumes bounded clock drift between nodes).
     pub lease_reads: bool,
-    /// The fabric delivers messages in one total order with barrier epochs: within an
-    /// epoch every voter considers only the first valid vote request, so votes cannot
-    /// split. Derive it with [`Config::for_fabric`], never from a backend's name.
+    /// The fabric delivers messages in one total order with barrier epochs: a candidate's
+    /// vote request is multicast to every voter, itself included, and every voter (the
+    /// candidates too) votes for the first valid request of the term it sees and ignores
+    /// the rest of that epoch, so votes cannot split. Derive it with
+    /// [`Config::for_fabric`], never from a backend's name.
     pub ordered_election: bool,
     /// Bytes per snapshot chunk.
     pub snapshot_chunk: usize,
@@ -69,6 +71,9 @@ impl Config {
     /// Checks the settings fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError(m.to_string()));
+        if self.id == crate::message::TO_GROUP {
+            return bad("node id 4294967295 is reserved for multicast messages");
+        }
         if self.heartbeat_tick == 0 || self.election_tick <= self.heartbeat_tick {
             return bad("election_tick must exceed heartbeat_tick, which must be at least 1");
         }

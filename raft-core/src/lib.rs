@@ -29,7 +29,7 @@ pub mod storage;
 mod types;
 
 pub use config::{Config, ConfigError};
-pub use message::{Body, DecodeError, Message};
+pub use message::{group_by_body, Body, DecodeError, Message, TO_GROUP};
 pub use raft::{ProposeError, ReadState, Role};
 pub use raw_node::{Persisted, RawNode, Ready, SoftState};
 pub use types::{

@@ -122,6 +122,29 @@ pub enum Body {
 #[error("malformed raft message: {0}")]
 pub struct DecodeError(#[from] rmp_serde::decode::Error);
 
+/// The `to` of a message sent as one multicast to several nodes: each receiver reads it as
+/// addressed to itself. Node id `u32::MAX` is reserved for it.
+pub const TO_GROUP: NodeId = NodeId(u32::MAX);
+
+/// Groups messages with the same sender, term and body, each with its recipients, in order
+/// of first appearance. An ordered fabric sends each group as one multicast, which takes
+/// one place in its global order at every recipient: one injection per append round
+/// instead of one per follower, and a candidate's vote request at the same place for every
+/// voter, itself included.
+pub fn group_by_body(msgs: &[Message]) -> Vec<(Vec<NodeId>, &Message)> {
+    let mut groups: Vec<(Vec<NodeId>, &Message)> = Vec::new();
+    for m in msgs {
+        match groups
+            .iter_mut()
+            .find(|(_, g)| g.from == m.from && g.term == m.term && g.body == m.body)
+        {
+            Some((to, _)) => to.push(m.to),
+            None => groups.push((vec![m.to], m)),
+        }
+    }
+    groups
+}
+
 impl Message {
     /// MessagePack encoding, as rafty used on the wire.
     pub fn encode(&self) -> Bytes {
@@ -140,6 +163,32 @@ mod tests {
     use super::*;
     use crate::types::Payload;
     use proptest::prelude::*;
+
+    #[test]
+    fn identical_bodies_group_and_different_ones_do_not() {
+        let m = |to: u32, commit: u64| Message {
+            from: NodeId(1),
+            to: NodeId(to),
+            term: 3,
+            epoch: 0,
+            body: Body::Heartbeat {
+                commit,
+                read_round: 0,
+            },
+        };
+        let msgs = vec![m(2, 5), m(3, 4), m(4, 5), m(5, 5)];
+        let g = group_by_body(&msgs);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].0, vec![NodeId(2), NodeId(4), NodeId(5)]);
+        assert_eq!(g[1].0, vec![NodeId(3)]);
+        assert_eq!(
+            g[1].1.body,
+            Body::Heartbeat {
+                commit: 4,
+                read_round: 0
+            }
+        );
+    }
 
     #[test]
     fn roundtrip() {

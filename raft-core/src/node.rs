@@ -470,6 +470,9 @@ impl Runtime {
                     return;
                 }
                 m.epoch = d.epoch;
+                if m.to == crate::message::TO_GROUP {
+                    m.to = self.raw.id();
+                }
                 self.raw.step(m);
             }
             Err(e) => {
@@ -642,9 +645,26 @@ impl Runtime {
     }
 
     fn send_all(&self, messages: &[Message]) {
-        for m in messages {
-            if let Err(e) = self.transport.send(m.to, m.encode()) {
-                tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
+        if !self.transport.capabilities().total_order {
+            for m in messages {
+                if let Err(e) = self.transport.send(m.to, m.encode()) {
+                    tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
+                }
+            }
+            return;
+        }
+        // An ordered fabric: one multicast per distinct message (an append round, a vote
+        // request including the candidate itself) instead of one send per recipient.
+        for (to, m) in crate::message::group_by_body(messages) {
+            let r = if let [one] = to[..] {
+                self.transport.send(one, m.encode())
+            } else {
+                let mut g = m.clone();
+                g.to = crate::message::TO_GROUP;
+                self.transport.multicast(&to, g.encode())
+            };
+            if let Err(e) = r {
+                tracing::trace!(to = ?to, error = %e, "send failed; raft will retry");
             }
         }
     }

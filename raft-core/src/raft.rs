@@ -246,6 +246,11 @@ impl Raft {
         if !self.membership.is_voter(self.cfg.id) {
             return;
         }
+        // In an ordered election a candidate does not vote for itself at once: its own
+        // request comes back through the fabric in the global order, and it votes for
+        // whichever request of the term it sees first, as every other voter does. So all
+        // voters, candidates included, pick the same candidate.
+        let ordered = self.cfg.ordered_election && !pre;
         let term = if pre {
             self.reset(self.term);
             self.role = Role::PreCandidate;
@@ -253,16 +258,20 @@ impl Raft {
         } else {
             self.reset(self.term + 1);
             self.role = Role::Candidate;
-            self.vote = Some(self.cfg.id);
+            if !ordered {
+                self.vote = Some(self.cfg.id);
+            }
             self.term
         };
-        self.votes.insert(self.cfg.id, true);
-        if self.poll() {
-            return;
+        if !ordered {
+            self.votes.insert(self.cfg.id, true);
+            if self.poll() {
+                return;
+            }
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         for id in self.membership.members() {
-            if id != self.cfg.id && self.membership.is_voter(id) {
+            if (id != self.cfg.id || ordered) && self.membership.is_voter(id) {
                 self.send(
                     id,
                     term,
@@ -831,14 +840,29 @@ impl Raft {
             || (self.vote.is_none() && self.leader.is_none())
             || (pre && m.term > self.term);
         let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
-        let term = if granted { m.term } else { self.term };
-        self.send(m.from, term, Body::VoteResponse { pre, granted });
         if granted && self.cfg.ordered_election {
             self.epoch_vote = Some((m.epoch, m.from));
         }
+        if m.from == self.cfg.id {
+            // Our own request, back through the ordered fabric: no other request of this
+            // term came first, so we vote for ourselves now.
+            if granted && !pre && self.role == Role::Candidate && m.term == self.term {
+                self.vote = Some(self.cfg.id);
+                self.votes.insert(self.cfg.id, true);
+                self.poll();
+            }
+            return;
+        }
+        let term = if granted { m.term } else { self.term };
+        self.send(m.from, term, Body::VoteResponse { pre, granted });
         if granted && !pre {
             self.election_elapsed = 0;
             self.vote = Some(m.from);
+            if self.role == Role::Candidate {
+                // Ordered election: another candidate's request of our term came before
+                // our own; we voted for it, so our candidacy is over.
+                self.become_follower(self.term, None);
+            }
         }
     }
 

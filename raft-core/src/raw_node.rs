@@ -241,17 +241,22 @@ impl RawNode {
         self.raft.flush_appends();
         let hard = self.raft.hard_state();
         let soft = self.soft();
-        // Only leaders send these, and nothing in them depends on what this Ready persists.
+        // Only leaders send these, and nothing in them depends on what this Ready persists
+        // unless the hard state changed (a leader whose own vote is not yet durable must
+        // not act as leader before it is: ordered elections can make a node candidate,
+        // voter for itself and leader in one batch).
+        let hard_changed = (hard.term, hard.vote) != (self.last_hard.term, self.last_hard.vote);
         let (early, late): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.raft.msgs)
             .into_iter()
             .partition(|m| {
-                matches!(
-                    m.body,
-                    crate::Body::Append { .. }
-                        | crate::Body::Heartbeat { .. }
-                        | crate::Body::InstallSnapshot { .. }
-                        | crate::Body::TimeoutNow
-                )
+                !hard_changed
+                    && matches!(
+                        m.body,
+                        crate::Body::Append { .. }
+                            | crate::Body::Heartbeat { .. }
+                            | crate::Body::InstallSnapshot { .. }
+                            | crate::Body::TimeoutNow
+                    )
             });
         Ready {
             soft_state: (soft != self.last_soft).then_some(soft),

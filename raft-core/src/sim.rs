@@ -392,7 +392,10 @@ impl Sim {
             let node = &mut self.nodes[m.to as usize - 1];
             if let Some(raw) = &mut node.raw {
                 match Message::decode(&m.bytes) {
-                    Ok(msg) => {
+                    Ok(mut msg) => {
+                        if self.opts.raft.ordered_election {
+                            msg.epoch = m.due;
+                        }
                         self.delivered += 1;
                         raw.step(msg);
                     }
@@ -603,9 +606,7 @@ impl Sim {
                         Some(raw) => raw.ready().early_messages,
                         None => Vec::new(),
                     };
-                    for m in &early {
-                        self.send(id, m);
-                    }
+                    self.send_all(id, &early);
                 }
                 let down = self.rng.gen_range(10..500);
                 self.crash(NodeId(id));
@@ -623,17 +624,13 @@ impl Sim {
             return;
         }
         let ready = raw.ready();
-        for m in &ready.early_messages {
-            self.send(id, m);
-        }
+        self.send_all(id, &ready.early_messages);
         let (seed, step) = (self.opts.seed, self.step);
         let max_term = self.nodes.iter().map(|n| n.last_term).max().unwrap_or(0);
         let node = &mut self.nodes[i];
         node.disk
             .persist(ready.hard_state, ready.snapshot.as_ref(), &ready.entries);
-        for m in &ready.messages {
-            self.send(id, m);
-        }
+        self.send_all(id, &ready.messages);
         let node = &mut self.nodes[i];
         if let Some(s) = &ready.snapshot {
             self.snapshots_installed += 1;
@@ -675,6 +672,35 @@ impl Sim {
             let data = encode_commands(&node.applied.commands);
             if let Ok(snap) = raw.compact(index, data) {
                 node.disk.compact(&snap);
+            }
+        }
+    }
+
+    fn send_all(&mut self, from: u32, msgs: &[Message]) {
+        if !self.opts.raft.ordered_election {
+            for m in msgs {
+                self.send(from, m);
+            }
+            return;
+        }
+        // An ordered fabric (Data Vortex): everything sent in this step is delivered at
+        // the next step's barrier, to every receiver in one global order (a random one per
+        // epoch), stamped with the epoch; nothing is lost or duplicated. Identical bodies
+        // go out as one multicast: one place in the order for all their recipients.
+        for (group, m) in crate::message::group_by_body(msgs) {
+            let seq = self.rng.gen();
+            for to in group {
+                if to.0 == 0 || to.0 > self.size() || self.cut.contains(&(from, to.0)) {
+                    continue;
+                }
+                let mut one = m.clone();
+                one.to = to;
+                self.net.push(Reverse(InFlight {
+                    due: self.step + 1,
+                    seq,
+                    to: to.0,
+                    bytes: one.encode().to_vec(),
+                }));
             }
         }
     }

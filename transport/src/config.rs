@@ -10,7 +10,7 @@
 //! ]
 //!
 //! [transport]
-//! kind = "udp"                        # "mem" | "udp"
+//! kind = "udp"                        # "mem" | "udp" | "vortex"
 //! require = ["reliable", "fifo_per_peer", "authenticated_source"]
 //! max_message = 1048576               # bytes, 1..=64 MiB
 //! fast_path = true
@@ -42,13 +42,13 @@ use serde::Deserialize;
 
 use crate::{
     BackendConfig, Capability, ClusterKey, ConfigError, LayerKind, LayerTuning, MemConfig, NodeId,
-    NodeSpec, TransportConfig, UdpConfig,
+    NodeSpec, TransportConfig, UdpConfig, VortexConfig,
 };
 
 /// Backend kinds this build can open.
-const AVAILABLE_KINDS: [&str; 2] = ["mem", "udp"];
+const AVAILABLE_KINDS: [&str; 3] = ["mem", "udp", "vortex"];
 /// Backend kinds weft knows but this build does not contain yet.
-const PLANNED_KINDS: [&str; 3] = ["rdma", "ptp", "vortex"];
+const PLANNED_KINDS: [&str; 2] = ["rdma", "ptp"];
 
 /// Default `transport.max_message`: 1 MiB.
 const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
@@ -202,8 +202,10 @@ struct RawCluster {
 struct RawNode {
     /// Wider than `NodeId` so an out-of-range id gets a message naming its key.
     id: i64,
-    /// Parsed here rather than by serde so the error names the node's key.
-    addr: String,
+    /// Parsed here rather than by serde so the error names the node's key. Required by
+    /// `udp`; the other fabrics address members by id.
+    #[serde(default)]
+    addr: Option<String>,
     /// Where the node serves clients (TCP), if it does.
     #[serde(default)]
     client: Option<String>,
@@ -225,6 +227,8 @@ struct RawTransport {
     udp: Option<UdpConfig>,
     #[serde(default)]
     mem: Option<MemConfig>,
+    #[serde(default)]
+    vortex: Option<VortexConfig>,
     #[serde(default)]
     reliable: Option<RawTuning>,
 }
@@ -309,9 +313,12 @@ impl Validator<'_> {
         self.udp(&udp)?;
         let mem = transport.mem.unwrap_or_default();
         self.mem(&mem, &members)?;
+        let vortex = transport.vortex.unwrap_or_default();
+        self.vortex(&vortex)?;
         let backend = match kind {
             Kind::Mem => BackendConfig::Mem(mem),
             Kind::Udp => BackendConfig::Udp(udp),
+            Kind::Vortex => BackendConfig::Vortex(vortex),
         };
 
         if transport.max_message == 0 || transport.max_message > MAX_MAX_MESSAGE {
@@ -382,6 +389,7 @@ impl Validator<'_> {
         match kind {
             "mem" => Ok(Kind::Mem),
             "udp" => Ok(Kind::Udp),
+            "vortex" => Ok(Kind::Vortex),
             k if PLANNED_KINDS.contains(&k) => Err(self.invalid(
                 "transport.kind",
                 format!(
@@ -422,16 +430,25 @@ impl Validator<'_> {
                     format!("duplicate node id {id} (also at cluster.nodes[{first}])"),
                 ));
             }
-            let addr: SocketAddr = node.addr.trim().parse().map_err(|_| {
-                self.invalid(
-                    format!("cluster.nodes[{i}].addr"),
-                    format!(
-                        "`{}` is not a socket address; expected host:port with an IP address, \
-                         like \"127.0.0.1:7101\" or \"[::1]:7101\"",
-                        node.addr.escape_debug()
-                    ),
-                )
-            })?;
+            let addr: SocketAddr = match &node.addr {
+                Some(text) => text.trim().parse().map_err(|_| {
+                    self.invalid(
+                        format!("cluster.nodes[{i}].addr"),
+                        format!(
+                            "`{}` is not a socket address; expected host:port with an IP \
+                             address, like \"127.0.0.1:7101\" or \"[::1]:7101\"",
+                            text.escape_debug()
+                        ),
+                    )
+                })?,
+                None if kind == Kind::Udp => {
+                    return Err(self.invalid(
+                        format!("cluster.nodes[{i}].addr"),
+                        "missing: udp members need the address their socket binds to",
+                    ))
+                }
+                None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            };
             if let Some(first) = addrs.insert(addr, i) {
                 if kind == Kind::Udp {
                     return Err(self.invalid(
@@ -446,6 +463,26 @@ impl Validator<'_> {
             nodes.push(NodeSpec { id, addr });
         }
         Ok(nodes)
+    }
+
+    fn vortex(&self, v: &VortexConfig) -> Result<(), ConfigError> {
+        let ok = v
+            .fabric
+            .strip_prefix("unix:")
+            .or_else(|| v.fabric.strip_prefix("local:"))
+            .is_some_and(|rest| !rest.is_empty())
+            || std::env::var_os("DV_LIB").is_some();
+        if !ok {
+            return Err(self.invalid(
+                "transport.vortex.fabric",
+                format!(
+                    "`{}` names no fabric: use \"unix:/path/to/switch.sock\" for a switch \
+                     process (weft vortex-switch) or \"local:NAME\" for one in this process",
+                    v.fabric.escape_debug()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn udp(&self, udp: &UdpConfig) -> Result<(), ConfigError> {
@@ -614,6 +651,7 @@ impl Validator<'_> {
 enum Kind {
     Mem,
     Udp,
+    Vortex,
 }
 
 /// Decodes a key file: ASCII hex digits, whitespace ignored, lines whose first
@@ -968,7 +1006,7 @@ partitions = [[1, 2], [3]]
     #[test]
     fn transport_errors() {
         let no_key = udp_without_key();
-        for planned in ["rdma", "ptp", "vortex"] {
+        for planned in ["rdma", "ptp"] {
             assert_invalid(
                 parse(&no_key.replace("kind = \"udp\"", &format!("kind = \"{planned}\""))),
                 "transport.kind",

@@ -139,6 +139,14 @@ pub enum OpenError {
     /// The backend kind is known but not available in this build.
     #[error("transport kind `{0}` is not available in this build of weft")]
     Unavailable(&'static str),
+    /// The fabric refused the endpoint or is not there (no switch, no device, id in use).
+    #[error("cannot attach to fabric `{fabric}`: {reason}")]
+    Fabric {
+        /// The fabric name from the config.
+        fabric: String,
+        /// What the fabric's library said, and what to do about it.
+        reason: String,
+    },
     /// The operating system refused (bind, socket options, threads).
     #[error("cannot open transport: {0}")]
     Io(#[from] std::io::Error),

@@ -35,7 +35,7 @@ pub use open::{open, plan_layers};
 pub use stats::{Counters, Stats};
 pub use transport_config::{
     BackendConfig, ClusterKey, LayerKind, LayerTuning, MemConfig, NodeSpec, TransportConfig,
-    UdpConfig,
+    UdpConfig, VortexConfig,
 };
 
 use bytes::Bytes;
@@ -60,6 +60,21 @@ pub trait Transport: Send + Sync {
 
     /// Sends `msg` to every other member, natively where the fabric broadcasts.
     fn broadcast(&self, msg: Bytes) -> Result<(), TransportError>;
+
+    /// Sends one `msg` to every node in `to`. On a fabric with `total_order` this is one
+    /// injection, so it takes one place in the global order at every recipient (the local
+    /// node may be among them: it gets the message back in that order). Elsewhere it is a
+    /// `send` per recipient; the first error is returned after trying them all.
+    fn multicast(&self, to: &[NodeId], msg: Bytes) -> Result<(), TransportError> {
+        let mut first = Ok(());
+        for n in to {
+            let r = self.send(*n, msg.clone());
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
 
     /// Messages received for this endpoint, in delivery order.
     fn inbox(&self) -> &crossbeam_channel::Receiver<Delivery>;

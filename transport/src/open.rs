@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{mem::MemFabric, udp};
+use crate::backend::{mem::MemFabric, udp, vortex::VortexTransport};
 use crate::layer::{LayeredTransport, StackBuilder};
 use crate::{
     BackendConfig, Capabilities, Capability, Counters, LayerKind, OpenError, Transport,
@@ -27,6 +27,11 @@ pub fn open(cfg: &TransportConfig) -> Result<Box<dyn Transport>, OpenError> {
         BackendConfig::Udp(u) => Box::new(udp::UdpTransport::open(
             cfg,
             u,
+            Arc::new(Counters::default()),
+        )?),
+        BackendConfig::Vortex(v) => Box::new(VortexTransport::open(
+            cfg,
+            v,
             Arc::new(Counters::default()),
         )?),
     };

@@ -91,6 +91,9 @@ pub enum BackendConfig {
     Mem(MemConfig),
     /// Real UDP sockets.
     Udp(UdpConfig),
+    /// A Data Vortex fabric through `dv_api.h` (the `hw-sim` emulator unless a vendor
+    /// library is linked).
+    Vortex(VortexConfig),
 }
 
 impl BackendConfig {
@@ -99,6 +102,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Mem(_) => "mem",
             BackendConfig::Udp(_) => "udp",
+            BackendConfig::Vortex(_) => "vortex",
         }
     }
 }
@@ -154,6 +158,24 @@ impl Default for UdpConfig {
         UdpConfig {
             max_datagram: 1472,
             socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// Settings of the `vortex` backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VortexConfig {
+    /// The fabric to attach to, as `dv_open` takes it: `unix:PATH` for a switch process
+    /// (`weft vortex-switch PATH`), `local:NAME` for a switch in this process, or a
+    /// vendor library's own name.
+    pub fabric: String,
+}
+
+impl Default for VortexConfig {
+    fn default() -> Self {
+        VortexConfig {
+            fabric: "unix:/tmp/weft-vortex.sock".into(),
         }
     }
 }
