@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use weft::local_cluster::Fabric;
 use weft_transport::NodeId;
 
 /// The command tree, shown after `weft --help`.
@@ -21,6 +22,7 @@ Command tree:
   weft commit           run one atomic-commit instance of a saved protocol at one node
   weft transport ping   measure round-trip times from one node to its peers
   weft transport echo   answer pings for one node (the other end of `ping`)
+  weft vortex-switch    run the Data Vortex switch emulator that `vortex` clusters attach to
 
 Run `weft <COMMAND> --help` for the options of each.";
 
@@ -61,6 +63,20 @@ pub enum Command {
     /// Exercise a cluster's transport directly: measure round trips, answer them.
     #[command(subcommand)]
     Transport(TransportCommand),
+    /// Run the Data Vortex switch emulator until killed: `kind = "vortex"` nodes attach to
+    /// it with `fabric = "unix:SOCKET"`.
+    VortexSwitch(VortexSwitchArgs),
+}
+
+/// Arguments of `weft vortex-switch`.
+#[derive(Debug, Args)]
+pub struct VortexSwitchArgs {
+    /// The Unix socket to listen on (a stale socket file is replaced).
+    pub socket: PathBuf,
+    /// Delay each epoch close by a random time up to this many microseconds (latency
+    /// jitter; nothing is lost).
+    #[arg(long, default_value_t = 0)]
+    pub jitter_us: u64,
 }
 
 /// `weft transport ...`
@@ -191,6 +207,9 @@ pub struct DemoArgs {
     /// Keep the cluster's data and logs (in the system temp directory) afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// The fabric the cluster runs on.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub fabric: Fabric,
 }
 
 /// Arguments of `weft node`.

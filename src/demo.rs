@@ -1,6 +1,7 @@
 //! `weft demo`: a 3-node cluster as separate processes on loopback over the default
-//! transport (UDP with the reliable, fifo and auth layers), a mixed workload with progress,
-//! a `kill -9` of the leader mid-run, and a check that no acknowledged write was lost.
+//! transport (UDP with the reliable, fifo and auth layers) or the Data Vortex emulator
+//! (`--fabric vortex`), a mixed workload with progress, a `kill -9` of the leader mid-run,
+//! and a check that no acknowledged write was lost.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use weft::local_cluster::LocalCluster;
+use weft::local_cluster::{Fabric, LocalCluster};
 
 use crate::cli::DemoArgs;
 
@@ -35,9 +36,13 @@ fn histogram() -> Histogram<u64> {
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    let mut cluster = LocalCluster::create(&dir, &std::env::current_exe()?, 3, 3)?;
+    let mut cluster = LocalCluster::create(&dir, &std::env::current_exe()?, 3, 3, args.fabric)?;
     eprintln!(
-        "demo: starting 3 nodes (UDP + reliable/fifo/auth layers) in {}",
+        "demo: starting 3 nodes ({}) in {}",
+        match args.fabric {
+            Fabric::Udp => "UDP + reliable/fifo/auth layers",
+            Fabric::Vortex => "Data Vortex emulator: a switch process, no software layers",
+        },
         dir.display()
     );
     for id in 1..=3 {

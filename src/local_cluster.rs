@@ -1,7 +1,8 @@
 //! A cluster of `weft node` processes on loopback, for the demo and for process-level fault
-//! tests: it writes a config (UDP with the reliable, fifo and auth layers, a fresh key),
-//! starts, kills (SIGKILL) and restarts nodes, and finds the leader. Every process it
-//! started is killed when it is dropped, so a failing run leaves nothing behind.
+//! tests: it writes a config (UDP with the reliable, fifo and auth layers and a fresh key,
+//! or a Data Vortex fabric served by a `weft vortex-switch` process it starts), starts,
+//! kills (SIGKILL) and restarts nodes, and finds the leader. Every process it started is
+//! killed when it is dropped, so a failing run leaves nothing behind.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,6 +14,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use weft_raft::client::{Client, ClientConfig};
 
+/// The fabric a local cluster runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fabric {
+    /// UDP on loopback with the reliable, fifo and auth layers (the default transport).
+    Udp,
+    /// The Data Vortex emulator: a `weft vortex-switch` process the nodes attach to.
+    Vortex,
+}
+
 /// Node processes of one loopback cluster.
 pub struct LocalCluster {
     dir: PathBuf,
@@ -20,6 +30,7 @@ pub struct LocalCluster {
     exe: PathBuf,
     procs: BTreeMap<u32, Child>,
     clients: BTreeMap<u32, SocketAddr>,
+    switch: Option<Child>,
 }
 
 fn free_udp() -> std::io::Result<SocketAddr> {
@@ -32,8 +43,15 @@ fn free_tcp() -> std::io::Result<SocketAddr> {
 
 impl LocalCluster {
     /// Writes the config of an `n`-node cluster into `dir` (whose first `voters` nodes
-    /// start as voters), to be run by the `weft` executable `exe`. Starts nothing.
-    pub fn create(dir: &Path, exe: &Path, n: u32, voters: u32) -> anyhow::Result<LocalCluster> {
+    /// start as voters), to be run by the `weft` executable `exe` on `fabric`. Starts no
+    /// node; on `vortex` it starts the switch process.
+    pub fn create(
+        dir: &Path,
+        exe: &Path,
+        n: u32,
+        voters: u32,
+        fabric: Fabric,
+    ) -> anyhow::Result<LocalCluster> {
         fs::create_dir_all(dir)?;
         let mut key = [0u8; 32];
         std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut key)
@@ -46,16 +64,39 @@ impl LocalCluster {
         let mut clients = BTreeMap::new();
         let mut nodes = Vec::new();
         for id in 1..=n {
-            let (peer, client) = (free_udp()?, free_tcp()?);
+            let client = free_tcp()?;
             clients.insert(id, client);
-            nodes.push(format!(
-                "  {{ id = {id}, addr = \"{peer}\", client = \"{client}\" }},"
-            ));
+            nodes.push(match fabric {
+                Fabric::Udp => format!(
+                    "  {{ id = {id}, addr = \"{}\", client = \"{client}\" }},",
+                    free_udp()?
+                ),
+                Fabric::Vortex => format!("  {{ id = {id}, client = \"{client}\" }},"),
+            });
         }
+        let (transport, switch) = match fabric {
+            Fabric::Udp => (
+                "kind = \"udp\"\nrequire = [\"reliable\", \"fifo_per_peer\", \"authenticated_source\"]\n"
+                    .to_string(),
+                None,
+            ),
+            Fabric::Vortex => {
+                let socket = dir.join("switch.sock");
+                let switch = start_switch(exe, &socket, dir)?;
+                (
+                    format!(
+                        "kind = \"vortex\"\nrequire = [\"reliable\", \"fifo_per_peer\", \"authenticated_source\", \"total_order\", \"barrier\"]\n\n\
+                         [transport.vortex]\nfabric = \"unix:{}\"\n",
+                        socket.display()
+                    ),
+                    Some(switch),
+                )
+            }
+        };
         let voters: Vec<String> = (1..=voters).map(|v| v.to_string()).collect();
         let text = format!(
             "# generated for a local cluster\n[cluster]\nid = {}\nnodes = [\n{}\n]\n\n\
-             [transport]\nkind = \"udp\"\nrequire = [\"reliable\", \"fifo_per_peer\", \"authenticated_source\"]\n\n\
+             [transport]\n{transport}\n\
              [raft]\ntick_ms = 15\nvoters = [{}]\n\n[security]\nkey_file = \"cluster.key\"\n",
             u32::from_le_bytes([key[0], key[1], key[2], key[3]]),
             nodes.join("\n"),
@@ -69,6 +110,7 @@ impl LocalCluster {
             exe: exe.to_path_buf(),
             procs: BTreeMap::new(),
             clients,
+            switch,
         })
     }
 
@@ -166,11 +208,46 @@ impl LocalCluster {
     }
 }
 
+/// Starts `weft vortex-switch SOCKET` and waits for its socket to appear.
+fn start_switch(exe: &Path, socket: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let log = fs::File::create(dir.join("switch.log"))?;
+    let mut child = Command::new(exe)
+        .arg("vortex-switch")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the Data Vortex switch emulator")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "the switch emulator exited ({status}); see {}",
+                dir.join("switch.log").display()
+            );
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            anyhow::bail!(
+                "the switch emulator did not listen on {} within 10 s",
+                socket.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         let ids: Vec<u32> = self.procs.keys().copied().collect();
         for id in ids {
             self.kill(id);
+        }
+        if let Some(mut s) = self.switch.take() {
+            let _ = s.kill();
+            let _ = s.wait();
         }
     }
 }

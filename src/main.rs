@@ -19,6 +19,7 @@ mod report;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -79,6 +80,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Commit(args) => learn_cmd::run_commit(args),
         Command::Transport(TransportCommand::Ping(args)) => ping::run(args),
         Command::Transport(TransportCommand::Echo(args)) => echo::run(args),
+        Command::VortexSwitch(args) => vortex_switch(args),
+    }
+}
+
+/// `weft vortex-switch`: serves the emulated fabric until the process is killed.
+fn vortex_switch(args: &cli::VortexSwitchArgs) -> anyhow::Result<()> {
+    let cfg = hw_sim::vortex::SwitchConfig {
+        jitter: std::time::Duration::from_micros(args.jitter_us),
+        ..Default::default()
+    };
+    let server = hw_sim::vortex::SwitchServer::bind(&args.socket, cfg)
+        .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    println!(
+        "vortex switch listening: nodes attach with fabric = \"{}\"",
+        server.fabric()
+    );
+    loop {
+        std::thread::park();
     }
 }
 

@@ -89,7 +89,14 @@ fn three_processes_run_a_learned_protocol_over_udp() {
     ]);
     assert!(o.status.success());
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_weft"));
-    let cluster = weft::local_cluster::LocalCluster::create(dir.path(), &exe, 3, 3).unwrap();
+    let cluster = weft::local_cluster::LocalCluster::create(
+        dir.path(),
+        &exe,
+        3,
+        3,
+        weft::local_cluster::Fabric::Udp,
+    )
+    .unwrap();
     for (votes, want) in [
         (["commit", "commit", "commit"], "Commit"),
         (["commit", "abort", "commit"], "Abort"),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weft::local_cluster::LocalCluster;
+use weft::local_cluster::{Fabric, LocalCluster};
 use weft_raft::lincheck::{check, Event, KvOp, KvRet};
 use weft_raft::NodeId;
 
@@ -125,8 +125,8 @@ impl Workload {
     }
 }
 
-fn running(dir: &std::path::Path, nodes: u32, voters: u32) -> LocalCluster {
-    let mut cluster = LocalCluster::create(dir, &exe(), nodes, voters).unwrap();
+fn running(dir: &std::path::Path, nodes: u32, voters: u32, fabric: Fabric) -> LocalCluster {
+    let mut cluster = LocalCluster::create(dir, &exe(), nodes, voters, fabric).unwrap();
     for id in 1..=nodes {
         cluster.start(id).unwrap();
     }
@@ -140,8 +140,19 @@ fn running(dir: &std::path::Path, nodes: u32, voters: u32) -> LocalCluster {
 
 #[test]
 fn kill_nine_leaders_and_followers_loses_no_acknowledged_write() {
+    kill_nine(Fabric::Udp);
+}
+
+/// The same on the Data Vortex emulator: a switch process, nodes attached to it, each
+/// `kill -9` seen by the others at the next barrier.
+#[test]
+fn kill_nine_on_the_vortex_fabric_loses_no_acknowledged_write() {
+    kill_nine(Fabric::Vortex);
+}
+
+fn kill_nine(fabric: Fabric) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = running(dir.path(), 3, 3);
+    let mut cluster = running(dir.path(), 3, 3, fabric);
     let load = Workload::start(&cluster, 16);
     // Kill the leader, then a follower, then the leader again..., restarting each.
     for round in 0..4 {
@@ -165,7 +176,7 @@ fn kill_nine_leaders_and_followers_loses_no_acknowledged_write() {
 #[test]
 fn grow_three_to_five_and_shrink_back_under_load() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = running(dir.path(), 5, 3);
+    let cluster = running(dir.path(), 5, 3, Fabric::Udp);
     let load = Workload::start(&cluster, 8);
     let mut admin = cluster.client(Duration::from_secs(20)).unwrap();
     let voters = |admin: &mut weft_raft::client::Client| {
@@ -196,13 +207,13 @@ fn grow_three_to_five_and_shrink_back_under_load() {
 #[test]
 fn a_node_refuses_another_clusters_data_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = LocalCluster::create(dir.path(), &exe(), 1, 1).unwrap();
+    let mut a = LocalCluster::create(dir.path(), &exe(), 1, 1, Fabric::Udp).unwrap();
     a.start(1).unwrap();
     assert!(a.leader(Duration::from_secs(20)).is_some());
     a.kill(1);
     drop(a);
     // A new cluster (new id) in the same directory finds node 1's old data.
-    let mut b = LocalCluster::create(dir.path(), &exe(), 1, 1).unwrap();
+    let mut b = LocalCluster::create(dir.path(), &exe(), 1, 1, Fabric::Udp).unwrap();
     b.start(1).unwrap();
     let status = b
         .wait_exit(1, Duration::from_secs(20))

@@ -152,6 +152,20 @@ impl Message {
         Bytes::from(rmp_serde::to_vec(self).expect("raft messages always serialize"))
     }
 
+    /// Decodes a transport delivery for node `local`: stamps the delivery's barrier epoch
+    /// and reads a multicast ([`TO_GROUP`]) as addressed to `local`. Never panics.
+    pub fn from_delivery(
+        d: &weft_transport::Delivery,
+        local: NodeId,
+    ) -> Result<Message, DecodeError> {
+        let mut m = Message::decode(&d.bytes)?;
+        m.epoch = d.epoch;
+        if m.to == TO_GROUP {
+            m.to = local;
+        }
+        Ok(m)
+    }
+
     /// Decodes bytes from the transport; never panics.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         Ok(rmp_serde::from_slice(bytes)?)

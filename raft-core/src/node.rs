@@ -463,15 +463,11 @@ impl Runtime {
     }
 
     fn on_delivery(&mut self, d: weft_transport::Delivery) {
-        match Message::decode(&d.bytes) {
-            Ok(mut m) => {
+        match Message::from_delivery(&d, self.raw.id()) {
+            Ok(m) => {
                 if m.from != d.from && self.transport.capabilities().authenticated_source {
                     tracing::warn!(claimed = %m.from, actual = %d.from, "message claims another sender; dropped");
                     return;
-                }
-                m.epoch = d.epoch;
-                if m.to == crate::message::TO_GROUP {
-                    m.to = self.raw.id();
                 }
                 self.raw.step(m);
             }
@@ -645,28 +641,7 @@ impl Runtime {
     }
 
     fn send_all(&self, messages: &[Message]) {
-        if !self.transport.capabilities().total_order {
-            for m in messages {
-                if let Err(e) = self.transport.send(m.to, m.encode()) {
-                    tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
-                }
-            }
-            return;
-        }
-        // An ordered fabric: one multicast per distinct message (an append round, a vote
-        // request including the candidate itself) instead of one send per recipient.
-        for (to, m) in crate::message::group_by_body(messages) {
-            let r = if let [one] = to[..] {
-                self.transport.send(one, m.encode())
-            } else {
-                let mut g = m.clone();
-                g.to = crate::message::TO_GROUP;
-                self.transport.multicast(&to, g.encode())
-            };
-            if let Err(e) = r {
-                tracing::trace!(to = ?to, error = %e, "send failed; raft will retry");
-            }
-        }
+        send_messages(&*self.transport, messages);
     }
 
     fn apply(&mut self, e: &Entry) {
@@ -778,5 +753,32 @@ impl RaftSettings {
             cfg.raft.lease_reads = b;
         }
         cfg
+    }
+}
+
+/// Sends a `Ready`'s messages over `transport` as the node runtime does: on a fabric with
+/// `total_order`, one multicast per distinct message (an append round, a vote request that
+/// includes the candidate itself) instead of one send per recipient; elsewhere one send
+/// per message. Failures are left to Raft's retries.
+pub fn send_messages(transport: &dyn Transport, messages: &[Message]) {
+    if !transport.capabilities().total_order {
+        for m in messages {
+            if let Err(e) = transport.send(m.to, m.encode()) {
+                tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
+            }
+        }
+        return;
+    }
+    for (to, m) in crate::message::group_by_body(messages) {
+        let r = if let [one] = to[..] {
+            transport.send(one, m.encode())
+        } else {
+            let mut g = m.clone();
+            g.to = crate::message::TO_GROUP;
+            transport.multicast(&to, g.encode())
+        };
+        if let Err(e) = r {
+            tracing::trace!(to = ?to, error = %e, "send failed; raft will retry");
+        }
     }
 }

@@ -27,7 +27,7 @@ pub struct SwitchConfig {
 impl Default for SwitchConfig {
     fn default() -> Self {
         SwitchConfig {
-            idle_epoch: Duration::from_millis(1),
+            idle_epoch: Duration::from_millis(5),
             max_message: MAX_MESSAGE,
             jitter: Duration::ZERO,
             seed: 0,
@@ -103,6 +103,8 @@ struct State {
     jitter_until: Option<Instant>,
     rng: u64,
     attachments: u64,
+    /// When the timer thread will next look, so it is woken only for an earlier deadline.
+    timer_wake: Instant,
 }
 
 /// An emulated Data Vortex switch. Shared by its endpoints; a background thread closes
@@ -127,6 +129,7 @@ impl Switch {
                 jitter_until: None,
                 rng,
                 attachments: 0,
+                timer_wake: Instant::now(),
             }),
             timer: Condvar::new(),
         });
@@ -200,7 +203,7 @@ impl Switch {
             return false;
         };
         port.paused_until = Some(Instant::now() + d);
-        self.timer.notify_all();
+        self.progress(&mut st);
         true
     }
 
@@ -274,9 +277,18 @@ impl Switch {
         Ok(())
     }
 
-    /// Closes the epoch if it may close now, and wakes the timer when it waits on time.
+    /// Closes the epoch if it may close now, and wakes the timer when the close waits on
+    /// a time earlier than the timer's next look.
+    ///
+    /// An idle epoch never needs the timer woken: it looks at least every idle period on
+    /// its own, and waking a thread per epoch would cost more than the epoch.
     fn progress(&self, st: &mut State) {
-        if try_close(st, Instant::now()) == Closable::Later {
+        let waits_on_fault =
+            st.jitter_until.is_some() || st.ports.values().any(|p| p.paused_until.is_some());
+        if try_close(st, Instant::now()) == Closable::Later
+            && waits_on_fault
+            && deadline(st).is_some_and(|d| d < st.timer_wake)
+        {
             self.timer.notify_all();
         }
     }
@@ -401,15 +413,17 @@ fn run_timer(weak: Weak<Switch>) {
             return;
         }
         let mut st = switch.lock();
-        let wait = match try_close(&mut st, Instant::now()) {
-            Closable::Later => deadline(&st)
-                .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_millis(1)),
-            _ => Duration::from_millis(50),
-        };
+        let now = Instant::now();
+        let max_wait = st.cfg.idle_epoch.max(Duration::from_micros(100));
+        let wait = match try_close(&mut st, now) {
+            Closable::Later => deadline(&st).map_or(max_wait, |d| d.saturating_duration_since(now)),
+            _ => max_wait,
+        }
+        .min(max_wait);
+        st.timer_wake = now + wait;
         let _ = switch
             .timer
-            .wait_timeout(st, wait.min(Duration::from_millis(50)))
+            .wait_timeout(st, wait)
             .unwrap_or_else(|p| p.into_inner());
     }
 }
