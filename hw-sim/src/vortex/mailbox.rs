@@ -33,6 +33,7 @@ impl Mailbox {
         let mut b = self.lock();
         for e in events {
             match e {
+                Event::Attached { .. } => {}
                 Event::Deliver { src, epoch, bytes } => b.rx.push_back(Received {
                     source: src,
                     epoch,

@@ -103,35 +103,14 @@ fn serve(switch: &Arc<Switch>, stream: UnixStream) {
         _ => return refuse(&mut writer, DvError::Invalid),
     };
     let _ = writer.set_read_timeout(None);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let (epoch, incarnation) = match switch.attach(node, Sink::Remote(tx)) {
-        Ok(a) => a,
+    let Ok(out) = writer.try_clone() else {
+        return;
+    };
+    // The switch writes `Welcome` and every later event onto the socket itself.
+    let incarnation = match switch.attach(node, Sink::Remote(out)) {
+        Ok((_, incarnation)) => incarnation,
         Err(e) => return refuse(&mut writer, e),
     };
-    let welcome = Frame::Welcome {
-        epoch,
-        max_message: switch.max_message() as u32,
-    };
-    if writer.write_all(&wire::frame(&welcome)).is_err() {
-        switch.detach(node, incarnation);
-        return;
-    }
-    let Ok(mut out) = writer.try_clone() else {
-        switch.detach(node, incarnation);
-        return;
-    };
-    // Events go out in batches; the writer ends when the switch drops this port's sink.
-    let writer_thread = std::thread::spawn(move || {
-        for batch in rx {
-            let mut buf = Vec::new();
-            for e in &batch {
-                buf.extend(wire::frame(&Frame::from_event(e)));
-            }
-            if out.write_all(&buf).is_err() {
-                return;
-            }
-        }
-    });
     loop {
         let done = match wire::read(&mut reader) {
             Ok(Some(Frame::Inject {
@@ -156,5 +135,4 @@ fn serve(switch: &Arc<Switch>, stream: UnixStream) {
     }
     switch.detach(node, incarnation);
     let _ = writer.shutdown(std::net::Shutdown::Both);
-    let _ = writer_thread.join();
 }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 
 use super::endpoint::Ack;
 use super::mailbox::Mailbox;
@@ -38,6 +39,8 @@ impl Default for SwitchConfig {
 /// What the switch tells one endpoint.
 #[derive(Clone, Debug)]
 pub(crate) enum Event {
+    /// The endpoint is attached: the open epoch and the message limit.
+    Attached { epoch: u64, max_message: u32 },
     /// A message of a closed epoch.
     Deliver {
         src: u32,
@@ -52,19 +55,27 @@ pub(crate) enum Event {
     Crashed,
 }
 
-/// Where an endpoint's events go: straight into its mailbox in this process, or to the
-/// writer thread of its socket connection.
+/// Where an endpoint's events go: straight into its mailbox in this process, or onto its
+/// socket connection (written by the switch thread that produced them, in one write per
+/// batch: the endpoint's reader thread always drains its socket, so this cannot block for
+/// long, and a thread hop per epoch would cost more than the write).
 pub(crate) enum Sink {
     Local(Arc<Mailbox>),
-    Remote(Sender<Vec<Event>>),
+    Remote(UnixStream),
 }
 
 impl Sink {
     fn push(&self, events: Vec<Event>) {
         match self {
             Sink::Local(m) => m.apply(events),
-            // A closed connection is detached by its reader; nothing to do here.
-            Sink::Remote(tx) => drop(tx.send(events)),
+            Sink::Remote(stream) => {
+                let mut buf = Vec::new();
+                for e in &events {
+                    buf.extend(super::wire::frame(&super::wire::Frame::from_event(e)));
+                }
+                // A closed connection is detached by its reader; nothing to do here.
+                let _ = (&*stream).write_all(&buf);
+            }
         }
     }
 }
@@ -225,6 +236,13 @@ impl Switch {
             },
         );
         st.membership_changed = true;
+        let attached = Event::Attached {
+            epoch: st.epoch,
+            max_message: st.cfg.max_message as u32,
+        };
+        if let Some(p) = st.ports.get(&node) {
+            p.sink.push(vec![attached]);
+        }
         Ok((st.epoch, incarnation))
     }
 

@@ -83,6 +83,10 @@ impl Frame {
     /// The frame that carries `e` to a remote endpoint.
     pub(crate) fn from_event(e: &Event) -> Frame {
         match e {
+            Event::Attached { epoch, max_message } => Frame::Welcome {
+                epoch: *epoch,
+                max_message: *max_message,
+            },
             Event::Deliver { src, epoch, bytes } => Frame::Deliver {
                 src: *src,
                 epoch: *epoch,
