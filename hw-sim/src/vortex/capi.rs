@@ -100,6 +100,28 @@ unsafe fn store<T>(p: *mut T, v: T) {
     }
 }
 
+/// The body of `dv_send` and `dv_multicast`: checks the handle and buffer, injects with
+/// `f`, stores the ticket.
+///
+/// # Safety
+/// `ep` a live handle; `buf` valid for `len` bytes; `ticket` null or valid for a write.
+unsafe fn inject(
+    ep: *mut dv_endpoint,
+    buf: *const c_void,
+    len: usize,
+    ticket: *mut u64,
+    f: impl FnOnce(&Endpoint, &[u8]) -> Result<u64, DvError>,
+) -> c_int {
+    guard(|| {
+        // SAFETY: by the contract.
+        let (ep, data) = unsafe { (endpoint(ep)?, bytes(buf, len)?) };
+        let t = f(ep, data)?;
+        // SAFETY: by the contract.
+        unsafe { store(ticket, t) };
+        Ok(())
+    })
+}
+
 /// `dv_open` of the header.
 ///
 /// # Safety
@@ -180,14 +202,8 @@ pub unsafe extern "C" fn dv_send(
     len: usize,
     ticket: *mut u64,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: by the contract.
-        let (ep, data) = unsafe { (endpoint(ep)?, bytes(buf, len)?) };
-        let t = ep.send(dst, data)?;
-        // SAFETY: by the contract.
-        unsafe { store(ticket, t) };
-        Ok(())
-    })
+    // SAFETY: the caller's contract is `inject`'s.
+    unsafe { inject(ep, buf, len, ticket, |ep, data| ep.send(dst, data)) }
 }
 
 /// `dv_multicast` of the header.
@@ -204,20 +220,14 @@ pub unsafe extern "C" fn dv_multicast(
     len: usize,
     ticket: *mut u64,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: by the contract.
-        let (ep, data) = unsafe { (endpoint(ep)?, bytes(buf, len)?) };
-        let group = if group.is_null() {
-            None
-        } else {
-            // SAFETY: non-null and valid for `group_len` ids by the contract.
-            Some(unsafe { std::slice::from_raw_parts(group, group_len) })
-        };
-        let t = ep.multicast(group, data)?;
-        // SAFETY: by the contract.
-        unsafe { store(ticket, t) };
-        Ok(())
-    })
+    let group = if group.is_null() {
+        None
+    } else {
+        // SAFETY: non-null and valid for `group_len` ids by the contract.
+        Some(unsafe { std::slice::from_raw_parts(group, group_len) })
+    };
+    // SAFETY: the caller's contract is `inject`'s.
+    unsafe { inject(ep, buf, len, ticket, |ep, data| ep.multicast(group, data)) }
 }
 
 /// `dv_barrier` of the header.
