@@ -6,7 +6,11 @@
 //!   process or across processes, and exported through the C API of
 //!   `ffi/include/dv_api.h` (this crate is also built as a `cdylib` and a `staticlib`).
 //!
+//! - [`clock`]: clocks with an offset and a drift against a shared, hand-advanced true time,
+//!   for synchronized-clock fabrics (PTP).
+//!
 //! The lossy, delaying in-process network used for simulation is `weft_transport`'s `mem`
-//! backend; emulated RDMA verbs and clocks with drift land with their fabric issues.
+//! backend; emulated RDMA verbs land with their fabric issue.
 
+pub mod clock;
 pub mod vortex;

@@ -18,7 +18,9 @@
 
 pub mod backend;
 mod capabilities;
+pub mod clock;
 mod config;
+pub mod deadline;
 mod error;
 pub mod frame;
 pub mod layer;
