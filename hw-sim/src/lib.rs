@@ -9,8 +9,12 @@
 //! - [`clock`]: clocks with an offset and a drift against a shared, hand-advanced true time,
 //!   for synchronized-clock fabrics (PTP).
 //!
+//! - [`verbs`]: emulated RDMA verbs (protection domains, memory regions with keys and
+//!   bounds, RC queue pairs, completion queues, one-sided writes with immediate data).
+//!
 //! The lossy, delaying in-process network used for simulation is `weft_transport`'s `mem`
-//! backend; emulated RDMA verbs land with their fabric issue.
+//! backend.
 
 pub mod clock;
+pub mod verbs;
 pub mod vortex;

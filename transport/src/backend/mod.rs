@@ -2,5 +2,6 @@
 //! capabilities its fabric gives natively; [`crate::open`] puts layers on top for the rest.
 
 pub mod mem;
+pub mod rdma;
 pub mod udp;
 pub mod vortex;

@@ -1,0 +1,143 @@
+//! The ring and credit protocol of one direction of a connection.
+//!
+//! Records are the payload padded to 8 bytes (at least 8), written at `tail mod capacity`; a record that
+//! would cross the end of the ring is preceded by a wrap record (immediate `WRAP | skip`)
+//! that sends the reader back to the start. Positions are byte counts since the connection
+//! began (`u64`, never wrapping), so "free space" is `capacity − (tail − head)`.
+
+use std::sync::Arc;
+
+use super::{RcConnection, RingError};
+
+/// Immediate flag of a wrap record; the low bits say how many bytes it skips.
+const WRAP: u32 = 1 << 31;
+
+/// Ring bytes a record of `len` takes: padded to 8, and never less than 8, so a ring of
+/// `capacity` bytes never has more than `capacity / 8` records (and posted receives) in
+/// flight.
+fn padded(len: usize) -> usize {
+    ((len + 7) & !7).max(8)
+}
+
+/// The sending half: writes records into the peer's ring while credit allows.
+pub struct RingSender<C: RcConnection> {
+    conn: Arc<C>,
+    tail: u64,
+    head: u64,
+}
+
+impl<C: RcConnection> RingSender<C> {
+    /// The sender of `conn`. The peer's ring capacity must be a multiple of 8.
+    pub fn new(conn: Arc<C>) -> RingSender<C> {
+        debug_assert_eq!(
+            conn.remote_capacity() % 8,
+            0,
+            "ring capacity not a multiple of 8"
+        );
+        RingSender {
+            conn,
+            tail: 0,
+            head: 0,
+        }
+    }
+
+    /// Largest message: half the ring, so that it fits after any wrap.
+    pub fn max_message(&self) -> usize {
+        (self.conn.remote_capacity() / 2).min(WRAP as usize - 1)
+    }
+
+    /// Writes `msg` into the peer's ring, or says the ring is full.
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), RingError> {
+        let max = self.max_message();
+        if msg.len() > max {
+            return Err(RingError::TooLarge {
+                size: msg.len(),
+                max,
+            });
+        }
+        let cap = self.conn.remote_capacity();
+        let pos = (self.tail % cap as u64) as usize;
+        let need = padded(msg.len());
+        let skip = if pos + need > cap { cap - pos } else { 0 };
+        let total = skip + need;
+        if self.tail + total as u64 - self.head > cap as u64 {
+            self.head = self.conn.read_credit();
+            if self.tail + total as u64 - self.head > cap as u64 {
+                return Err(RingError::Full { need: total });
+            }
+        }
+        if skip > 0 {
+            self.conn.write_ring(pos, &[], WRAP | skip as u32)?;
+        }
+        let at = (pos + skip) % cap;
+        self.conn.write_ring(at, msg, msg.len() as u32)?;
+        self.tail += total as u64;
+        Ok(())
+    }
+}
+
+/// The receiving half: takes records in order and returns credit.
+pub struct RingReceiver<C: RcConnection> {
+    conn: Arc<C>,
+    head: u64,
+    credited: u64,
+    imms: Vec<u32>,
+    next: usize,
+}
+
+impl<C: RcConnection> RingReceiver<C> {
+    /// The receiver of `conn`.
+    pub fn new(conn: Arc<C>) -> RingReceiver<C> {
+        RingReceiver {
+            conn,
+            head: 0,
+            credited: 0,
+            imms: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// Takes up to `max` messages that have arrived, in order, calling `deliver` on each;
+    /// returns how many. Credit goes back once a quarter of the ring has been read.
+    pub fn poll(&mut self, max: usize, mut deliver: impl FnMut(&[u8])) -> Result<usize, RingError> {
+        if self.next == self.imms.len() {
+            self.imms.clear();
+            self.next = 0;
+            self.conn.poll_arrivals(&mut self.imms)?;
+        }
+        let cap = self.conn.local_capacity();
+        let mut buf = Vec::new();
+        let mut n = 0;
+        while n < max && self.next < self.imms.len() {
+            let imm = self.imms[self.next];
+            self.next += 1;
+            let pos = (self.head % cap as u64) as usize;
+            if imm & WRAP != 0 {
+                let skip = (imm & !WRAP) as usize;
+                if pos + skip != cap {
+                    return Err(RingError::Corrupt(format!(
+                        "wrap of {skip} bytes at {pos} does not end the ring of {cap}"
+                    )));
+                }
+                self.head += skip as u64;
+                continue;
+            }
+            let len = imm as usize;
+            if pos + len > cap {
+                return Err(RingError::Corrupt(format!(
+                    "record of {len} bytes at {pos} crosses the end of the ring of {cap}"
+                )));
+            }
+            buf.resize(len, 0);
+            self.conn.read_ring(pos, &mut buf)?;
+            deliver(&buf);
+            self.head += padded(len) as u64;
+            n += 1;
+        }
+        if self.head - self.credited >= cap as u64 / 4 {
+            self.conn.write_credit(self.head)?;
+            self.credited = self.head;
+        }
+        Ok(n)
+    }
+}
