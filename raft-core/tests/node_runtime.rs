@@ -1,5 +1,6 @@
 //! The node runtime on real threads over the `mem` transport: writes through the leader,
-//! linearizable reads, a leader crash in the middle, and retries that apply once.
+//! linearizable reads, a leader crash in the middle, and retries that apply once; and the
+//! same cluster on the emulated RDMA and Data Vortex fabrics.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,9 @@ use bytes::Bytes;
 use weft_raft::kv::{KvCommand, KvOutcome, KvRequest};
 use weft_raft::node::{NoStore, Node, NodeConfig, NodeError, NodeHandle, ReadResult};
 use weft_raft::{NodeId, Persisted};
-use weft_transport::{open, MemConfig, TransportConfig};
+use weft_transport::{
+    open, BackendConfig, MemConfig, RdmaConfig, Transport, TransportConfig, VortexConfig,
+};
 
 fn transport(cluster: u64, id: u32, n: u32) -> Box<dyn weft_transport::Transport> {
     open(&TransportConfig::mem(cluster, NodeId(id), n)).unwrap()
@@ -19,17 +22,51 @@ fn start(cluster: u64, id: u32, n: u32) -> Node {
 
 /// Starts node `id` with 5 ms ticks, then whatever `tweak` changes.
 fn start_with(cluster: u64, id: u32, n: u32, tweak: impl Fn(&mut NodeConfig)) -> Node {
+    start_on(transport(cluster, id, n), id, n, tweak)
+}
+
+/// Starts node `id` of `n` over `t` with 5 ms ticks, then whatever `tweak` changes.
+fn start_on(t: Box<dyn Transport>, id: u32, n: u32, tweak: impl Fn(&mut NodeConfig)) -> Node {
     let mut cfg = NodeConfig::new(NodeId(id), (1..=n).map(NodeId));
     cfg.tick = Duration::from_millis(5);
     cfg.snapshot_entries = 200;
     tweak(&mut cfg);
-    Node::start(
-        cfg,
-        Persisted::default(),
-        Box::new(NoStore),
-        transport(cluster, id, n),
-    )
-    .unwrap()
+    Node::start(cfg, Persisted::default(), Box::new(NoStore), t).unwrap()
+}
+
+#[test]
+fn the_same_cluster_runs_on_emulated_rdma_and_on_the_vortex_emulator() {
+    let fabrics = [
+        (0xA0DE_0101, BackendConfig::Rdma(RdmaConfig::default())),
+        (
+            0xA0DE_0102,
+            BackendConfig::Vortex(VortexConfig {
+                fabric: "local:node-runtime".into(),
+            }),
+        ),
+    ];
+    for (cluster, backend) in fabrics {
+        let nodes: Vec<Node> = (1..=3)
+            .map(|i| {
+                let mut cfg = TransportConfig::mem(cluster, NodeId(i), 3);
+                cfg.backend = backend.clone();
+                start_on(open(&cfg).unwrap(), i, 3, |_| {})
+            })
+            .collect();
+        let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
+        for i in 0..100u64 {
+            write(
+                &h,
+                &put(7, i + 1, &format!("k{}", i % 10), &format!("v{i}")),
+            );
+        }
+        assert_eq!(
+            read(&h, "k9").as_deref(),
+            Some(&b"v99"[..]),
+            "{}",
+            backend.kind()
+        );
+    }
 }
 
 /// A node that follows a known leader.

@@ -10,7 +10,7 @@
 //! ]
 //!
 //! [transport]
-//! kind = "udp"                        # "mem" | "udp" | "vortex"
+//! kind = "udp"                        # "mem" | "udp" | "vortex" | "rdma"
 //! require = ["reliable", "fifo_per_peer", "authenticated_source"]
 //! max_message = 1048576               # bytes, 1..=64 MiB
 //! fast_path = true
@@ -42,13 +42,13 @@ use serde::Deserialize;
 
 use crate::{
     BackendConfig, Capability, ClusterKey, ConfigError, LayerKind, LayerTuning, MemConfig, NodeId,
-    NodeSpec, TransportConfig, UdpConfig, VortexConfig,
+    NodeSpec, RdmaConfig, TransportConfig, UdpConfig, VortexConfig,
 };
 
 /// Backend kinds this build can open.
-const AVAILABLE_KINDS: [&str; 3] = ["mem", "udp", "vortex"];
+const AVAILABLE_KINDS: [&str; 4] = ["mem", "udp", "vortex", "rdma"];
 /// Backend kinds weft knows but this build does not contain yet.
-const PLANNED_KINDS: [&str; 2] = ["rdma", "ptp"];
+const PLANNED_KINDS: [&str; 1] = ["ptp"];
 
 /// Default `transport.max_message`: 1 MiB.
 const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
@@ -230,6 +230,8 @@ struct RawTransport {
     #[serde(default)]
     vortex: Option<VortexConfig>,
     #[serde(default)]
+    rdma: Option<RdmaConfig>,
+    #[serde(default)]
     reliable: Option<RawTuning>,
 }
 
@@ -315,10 +317,13 @@ impl Validator<'_> {
         self.mem(&mem, &members)?;
         let vortex = transport.vortex.unwrap_or_default();
         self.vortex(&vortex)?;
+        let rdma = transport.rdma.unwrap_or_default();
+        self.rdma(&rdma)?;
         let backend = match kind {
             Kind::Mem => BackendConfig::Mem(mem),
             Kind::Udp => BackendConfig::Udp(udp),
             Kind::Vortex => BackendConfig::Vortex(vortex),
+            Kind::Rdma => BackendConfig::Rdma(rdma),
         };
 
         if transport.max_message == 0 || transport.max_message > MAX_MAX_MESSAGE {
@@ -390,6 +395,7 @@ impl Validator<'_> {
             "mem" => Ok(Kind::Mem),
             "udp" => Ok(Kind::Udp),
             "vortex" => Ok(Kind::Vortex),
+            "rdma" => Ok(Kind::Rdma),
             k if PLANNED_KINDS.contains(&k) => Err(self.invalid(
                 "transport.kind",
                 format!(
@@ -463,6 +469,25 @@ impl Validator<'_> {
             nodes.push(NodeSpec { id, addr });
         }
         Ok(nodes)
+    }
+
+    fn rdma(&self, r: &RdmaConfig) -> Result<(), ConfigError> {
+        if r.device.trim().is_empty() {
+            return Err(self.invalid(
+                "transport.rdma.device",
+                "empty: name a verbs device (see `ibv_devices`) or \"emulated\"",
+            ));
+        }
+        if r.ring_bytes % 8 != 0 || !(4096..=1 << 30).contains(&r.ring_bytes) {
+            return Err(self.invalid(
+                "transport.rdma.ring_bytes",
+                format!(
+                    "{} is not a multiple of 8 between 4096 and 1073741824",
+                    r.ring_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn vortex(&self, v: &VortexConfig) -> Result<(), ConfigError> {
@@ -652,6 +677,7 @@ enum Kind {
     Mem,
     Udp,
     Vortex,
+    Rdma,
 }
 
 /// Decodes a key file: ASCII hex digits, whitespace ignored, lines whose first
@@ -1006,13 +1032,11 @@ partitions = [[1, 2], [3]]
     #[test]
     fn transport_errors() {
         let no_key = udp_without_key();
-        for planned in ["rdma", "ptp"] {
-            assert_invalid(
-                parse(&no_key.replace("kind = \"udp\"", &format!("kind = \"{planned}\""))),
-                "transport.kind",
-                "not available in this build",
-            );
-        }
+        assert_invalid(
+            parse(&no_key.replace("kind = \"udp\"", "kind = \"ptp\"")),
+            "transport.kind",
+            "not available in this build",
+        );
         assert_invalid(
             parse(&no_key.replace("kind = \"udp\"", "kind = \"tcp\"")),
             "transport.kind",

@@ -36,8 +36,8 @@ pub use node::{Delivery, Dest, NodeId};
 pub use open::{open, plan_layers};
 pub use stats::{Counters, Stats};
 pub use transport_config::{
-    BackendConfig, ClusterKey, LayerKind, LayerTuning, MemConfig, NodeSpec, TransportConfig,
-    UdpConfig, VortexConfig,
+    BackendConfig, ClusterKey, LayerKind, LayerTuning, MemConfig, NodeSpec, RdmaConfig,
+    TransportConfig, UdpConfig, VortexConfig,
 };
 
 use bytes::Bytes;

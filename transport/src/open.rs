@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::rdma::{device, EmulatedFabric, RdmaTransport};
 use crate::backend::{mem::MemFabric, udp, vortex::VortexTransport};
 use crate::layer::{LayeredTransport, StackBuilder};
 use crate::{
@@ -34,6 +35,27 @@ pub fn open(cfg: &TransportConfig) -> Result<Box<dyn Transport>, OpenError> {
             v,
             Arc::new(Counters::default()),
         )?),
+        BackendConfig::Rdma(r) if r.device == "emulated" => {
+            let fabric = EmulatedFabric::shared(cfg.cluster_id);
+            let conns = fabric.connect(cfg.local, &cfg.peer_ids(), r.ring_bytes)?;
+            Box::new(
+                RdmaTransport::new(cfg.local, conns, Arc::new(Counters::default()))?
+                    .holding(fabric),
+            )
+        }
+        BackendConfig::Rdma(r) => {
+            let fabric = format!("rdma device {}", r.device);
+            device::find(&r.device).map_err(|reason| OpenError::Fabric {
+                fabric: fabric.clone(),
+                reason,
+            })?;
+            return Err(OpenError::Fabric {
+                fabric,
+                reason: "the device exists, but the verbs data path for real NICs is not in \
+                         this build yet; use device = \"emulated\""
+                    .into(),
+            });
+        }
     };
     let layers = plan_layers(cfg, backend.capabilities())?;
     tracing::info!(

@@ -94,6 +94,8 @@ pub enum BackendConfig {
     /// A Data Vortex fabric through `dv_api.h` (the `hw-sim` emulator unless a vendor
     /// library is linked).
     Vortex(VortexConfig),
+    /// RDMA reliable-connected queue pairs with ring buffers (emulated verbs, or a NIC).
+    Rdma(RdmaConfig),
 }
 
 impl BackendConfig {
@@ -103,6 +105,7 @@ impl BackendConfig {
             BackendConfig::Mem(_) => "mem",
             BackendConfig::Udp(_) => "udp",
             BackendConfig::Vortex(_) => "vortex",
+            BackendConfig::Rdma(_) => "rdma",
         }
     }
 }
@@ -176,6 +179,32 @@ impl Default for VortexConfig {
     fn default() -> Self {
         VortexConfig {
             fabric: "unix:/tmp/weft-vortex.sock".into(),
+        }
+    }
+}
+
+/// Settings of the `rdma` backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdmaConfig {
+    /// The verbs device by name (`ibv_devices` lists them, e.g. `mlx5_0`), or `"emulated"`
+    /// for `hw-sim`'s emulated verbs in this process.
+    pub device: String,
+    /// The device port.
+    pub port: u8,
+    /// The GID table index (RoCE).
+    pub gid_index: u8,
+    /// Bytes of each per-peer receive ring (a multiple of 8; the largest message is half).
+    pub ring_bytes: usize,
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        RdmaConfig {
+            device: "emulated".into(),
+            port: 1,
+            gid_index: 0,
+            ring_bytes: 4 << 20,
         }
     }
 }

@@ -10,13 +10,19 @@
 //! replication logs: the leader writes straight into each follower's memory, and the
 //! follower's CPU is not on the path until it reads.
 //!
-//! The `rdma` transport backend over `rdma-sys` (device selection, connection set-up, the
-//! verbs calls) builds on this module.
+//! [`RdmaTransport`] is the backend over any [`RcConnection`]s. `device = "emulated"` runs
+//! it on `hw-sim`'s verbs ([`EmulatedFabric`]); a real device name is looked up through
+//! libibverbs (`rdma-sys`, [`device`]), and a machine without it gets a clear error. The
+//! real-verbs [`RcConnection`] (queue pairs, registration, the out-of-band QP exchange) is
+//! the next step and is not in this build.
 
+pub mod device;
 pub mod emulated;
 pub mod ring;
+pub mod transport;
 
 pub use ring::{RingReceiver, RingSender};
+pub use transport::{EmulatedFabric, RdmaTransport};
 
 /// Why a ring operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

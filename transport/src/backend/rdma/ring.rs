@@ -98,7 +98,7 @@ impl<C: RcConnection> RingReceiver<C> {
     }
 
     /// Takes up to `max` messages that have arrived, in order, calling `deliver` on each;
-    /// returns how many. Credit goes back once a quarter of the ring has been read.
+    /// returns how many.
     pub fn poll(&mut self, max: usize, mut deliver: impl FnMut(&[u8])) -> Result<usize, RingError> {
         if self.next == self.imms.len() {
             self.imms.clear();
@@ -134,7 +134,11 @@ impl<C: RcConnection> RingReceiver<C> {
             self.head += padded(len) as u64;
             n += 1;
         }
-        if self.head - self.credited >= cap as u64 / 4 {
+        // Credit goes back every quarter ring, and whenever everything that arrived has been
+        // read: a sender waiting for room for a record near the ring's end (which needs the
+        // skipped bytes too) would otherwise wait for credit that never comes.
+        let drained = self.next == self.imms.len();
+        if self.head - self.credited >= cap as u64 / 4 || (drained && self.head > self.credited) {
             self.conn.write_credit(self.head)?;
             self.credited = self.head;
         }
