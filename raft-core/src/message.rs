@@ -145,25 +145,52 @@ pub fn group_by_body(msgs: &[Message]) -> Vec<(Vec<NodeId>, &Message)> {
     groups
 }
 
+/// The wire form of a [`Message`] with another receiver, borrowed: the same fields in the
+/// same order, so it encodes exactly as the message would with `to` replaced.
+#[derive(Serialize)]
+struct Addressed<'a> {
+    from: NodeId,
+    to: NodeId,
+    term: Term,
+    body: &'a Body,
+}
+
 impl Message {
     /// MessagePack encoding, as rafty used on the wire.
     pub fn encode(&self) -> Bytes {
-        // Serializing these plain types into a Vec cannot fail.
-        Bytes::from(rmp_serde::to_vec(self).expect("raft messages always serialize"))
+        self.encode_to(self.to)
     }
 
-    /// Decodes a transport delivery for node `local`: stamps the delivery's barrier epoch
-    /// and reads a multicast ([`TO_GROUP`]) as addressed to `local`. Never panics.
-    pub fn from_delivery(
-        d: &weft_transport::Delivery,
-        local: NodeId,
-    ) -> Result<Message, DecodeError> {
-        let mut m = Message::decode(&d.bytes)?;
-        m.epoch = d.epoch;
+    /// The encoding of this message addressed to `to` instead (a multicast is encoded once
+    /// for [`TO_GROUP`]), without copying the message.
+    pub fn encode_to(&self, to: NodeId) -> Bytes {
+        let wire = Addressed {
+            from: self.from,
+            to,
+            term: self.term,
+            body: &self.body,
+        };
+        // Serializing these plain types into a Vec cannot fail.
+        Bytes::from(rmp_serde::to_vec(&wire).expect("raft messages always serialize"))
+    }
+
+    /// Decodes bytes that reached node `local` in barrier epoch `epoch`, reading a
+    /// multicast ([`TO_GROUP`]) as addressed to `local`. Never panics.
+    pub fn decode_for(bytes: &[u8], local: NodeId, epoch: u64) -> Result<Message, DecodeError> {
+        let mut m = Message::decode(bytes)?;
+        m.epoch = epoch;
         if m.to == TO_GROUP {
             m.to = local;
         }
         Ok(m)
+    }
+
+    /// [`Message::decode_for`] of a transport delivery.
+    pub fn from_delivery(
+        d: &weft_transport::Delivery,
+        local: NodeId,
+    ) -> Result<Message, DecodeError> {
+        Message::decode_for(&d.bytes, local, d.epoch)
     }
 
     /// Decodes bytes from the transport; never panics.
@@ -177,6 +204,25 @@ mod tests {
     use super::*;
     use crate::types::Payload;
     use proptest::prelude::*;
+
+    #[test]
+    fn encode_to_is_the_encoding_with_another_receiver() {
+        let m = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: 4,
+            epoch: 9,
+            body: Body::VoteResponse {
+                pre: false,
+                granted: true,
+            },
+        };
+        let mut other = m.clone();
+        other.to = TO_GROUP;
+        assert_eq!(m.encode_to(TO_GROUP), other.encode());
+        let back = Message::decode_for(&m.encode_to(TO_GROUP), NodeId(3), 7).unwrap();
+        assert_eq!((back.to, back.epoch, back.body), (NodeId(3), 7, m.body));
+    }
 
     #[test]
     fn identical_bodies_group_and_different_ones_do_not() {

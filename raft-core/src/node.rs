@@ -756,26 +756,16 @@ impl RaftSettings {
     }
 }
 
-/// Sends a `Ready`'s messages over `transport` as the node runtime does: on a fabric with
-/// `total_order`, one multicast per distinct message (an append round, a vote request that
-/// includes the candidate itself) instead of one send per recipient; elsewhere one send
-/// per message. Failures are left to Raft's retries.
+/// Sends a `Ready`'s messages over `transport` as the node runtime does: each distinct
+/// message (an append round, a vote request that includes the candidate itself) is encoded
+/// once and multicast to its recipients. On a `total_order` fabric that is one injection
+/// with one place in the global order; elsewhere the same bytes go to each recipient.
+/// Failures are left to Raft's retries.
 pub fn send_messages(transport: &dyn Transport, messages: &[Message]) {
-    if !transport.capabilities().total_order {
-        for m in messages {
-            if let Err(e) = transport.send(m.to, m.encode()) {
-                tracing::trace!(to = %m.to, error = %e, "send failed; raft will retry");
-            }
-        }
-        return;
-    }
     for (to, m) in crate::message::group_by_body(messages) {
-        let r = if let [one] = to[..] {
-            transport.send(one, m.encode())
-        } else {
-            let mut g = m.clone();
-            g.to = crate::message::TO_GROUP;
-            transport.multicast(&to, g.encode())
+        let r = match to[..] {
+            [one] => transport.send(one, m.encode()),
+            _ => transport.multicast(&to, m.encode_to(crate::message::TO_GROUP)),
         };
         if let Err(e) = r {
             tracing::trace!(to = ?to, error = %e, "send failed; raft will retry");

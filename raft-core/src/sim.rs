@@ -262,7 +262,7 @@ struct InFlight {
     due: u64,
     seq: u64,
     to: u32,
-    bytes: Vec<u8>,
+    bytes: Bytes,
 }
 
 /// A simulated cluster.
@@ -391,11 +391,14 @@ impl Sim {
             let Reverse(m) = self.net.pop().expect("peeked");
             let node = &mut self.nodes[m.to as usize - 1];
             if let Some(raw) = &mut node.raw {
-                match Message::decode(&m.bytes) {
-                    Ok(mut msg) => {
-                        if self.opts.raft.ordered_election {
-                            msg.epoch = m.due;
-                        }
+                // On an ordered fabric a message is delivered at the close of epoch `due`.
+                let epoch = if self.opts.raft.ordered_election {
+                    m.due
+                } else {
+                    0
+                };
+                match Message::decode_for(&m.bytes, NodeId(m.to), epoch) {
+                    Ok(msg) => {
                         self.delivered += 1;
                         raw.step(msg);
                     }
@@ -689,17 +692,16 @@ impl Sim {
         // go out as one multicast: one place in the order for all their recipients.
         for (group, m) in crate::message::group_by_body(msgs) {
             let seq = self.rng.gen();
+            let bytes = m.encode_to(crate::message::TO_GROUP);
             for to in group {
                 if to.0 == 0 || to.0 > self.size() || self.cut.contains(&(from, to.0)) {
                     continue;
                 }
-                let mut one = m.clone();
-                one.to = to;
                 self.net.push(Reverse(InFlight {
                     due: self.step + 1,
                     seq,
                     to: to.0,
-                    bytes: one.encode().to_vec(),
+                    bytes: bytes.clone(),
                 }));
             }
         }
@@ -716,7 +718,7 @@ impl Sim {
             return;
         }
         let copies = if self.rng.gen_bool(dup) { 2 } else { 1 };
-        let bytes = m.encode().to_vec();
+        let bytes = m.encode();
         for _ in 0..copies {
             let extra = if max_delay > 0 && self.rng.gen_bool(delay) {
                 self.rng.gen_range(1..=max_delay)
