@@ -10,11 +10,23 @@ fn weft(args: &[&str]) -> std::process::Output {
         .expect("weft runs")
 }
 
+/// Runs `weft args`, which must succeed; its standard output.
+fn weft_ok(args: &[&str]) -> String {
+    let o = weft(args);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text
+}
+
 #[test]
 fn learn_then_verify() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("nbac.json");
-    let o = weft(&[
+    let text = weft_ok(&[
         "learn",
         "--spec",
         "nbac",
@@ -25,12 +37,6 @@ fn learn_then_verify() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(
         text.contains("explicit proved") && text.contains("z3       proved"),
         "{text}"
@@ -50,7 +56,7 @@ fn learn_then_verify() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("counterexample"));
     // The deep Q-learner, on the paper's specification.
     let learned = dir.path().join("paper.json");
-    let o = weft(&[
+    let text = weft_ok(&[
         "learn",
         "--spec",
         "paper",
@@ -60,12 +66,6 @@ fn learn_then_verify() {
         "--out",
         learned.to_str().unwrap(),
     ]);
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(text.contains("deep Q-learning: proved"), "{text}");
     assert!(weft(&["verify", "--protocol", learned.to_str().unwrap()])
         .status

@@ -16,31 +16,13 @@ const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 struct SwitchProcess {
     child: Child,
     fabric: String,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A private directory under the system temp dir, removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("weft-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: tempfile::TempDir,
 }
 
 impl SwitchProcess {
     fn start(tag: &str) -> SwitchProcess {
-        let dir = tempdir::Dir::new(tag);
-        let sock = dir.0.join("switch.sock");
+        let dir = tempfile::Builder::new().prefix(tag).tempdir().unwrap();
+        let sock = dir.path().join("switch.sock");
         let mut child = Command::new(env!("CARGO_BIN_EXE_dv-switch"))
             .arg(&sock)
             .stdout(Stdio::piped())
@@ -195,8 +177,8 @@ fn a_c_program_linked_against_the_header_talks_to_rust_endpoints() {
         "the emulator's static library {} was not built",
         lib.display()
     );
-    let out = tempdir::Dir::new("cprog");
-    let exe = out.0.join("dv_pingpong");
+    let out = tempfile::tempdir().unwrap();
+    let exe = out.path().join("dv_pingpong");
     let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     let compiler = cc::Build::new()
         .opt_level(0)

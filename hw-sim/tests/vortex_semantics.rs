@@ -7,6 +7,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use hw_sim::vortex::{DvError, Endpoint, Switch, SwitchConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -24,17 +26,6 @@ fn decode(b: &[u8]) -> (u32, u32) {
         u32::from_le_bytes(b[..4].try_into().unwrap()),
         u32::from_le_bytes(b[4..8].try_into().unwrap()),
     )
-}
-
-/// Tiny deterministic generator, so that each sender's choices are reproducible.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 struct SenderLog {
@@ -56,7 +47,7 @@ fn run_random_epochs(switch: &Arc<Switch>, nodes: u32, epochs: u32, seed: u64) -
             let start = start.clone();
             std::thread::spawn(move || {
                 let me = ep.node();
-                let mut rng = Rng((seed ^ u64::from(me).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ u64::from(me));
                 let mut log = SenderLog {
                     sent: HashMap::new(),
                     seen: Vec::new(),
@@ -65,13 +56,13 @@ fn run_random_epochs(switch: &Arc<Switch>, nodes: u32, epochs: u32, seed: u64) -
                 let mut tickets = HashMap::new();
                 start.wait();
                 for _ in 0..epochs {
-                    for _ in 0..rng.below(4) {
+                    for _ in 0..rng.gen_range(0..4) {
                         let others: Vec<u32> = (1..=nodes).filter(|n| *n != me).collect();
-                        let (group, to): (Option<Vec<u32>>, Vec<u32>) = match rng.below(3) {
+                        let (group, to): (Option<Vec<u32>>, Vec<u32>) = match rng.gen_range(0..3) {
                             0 => (None, others),
                             1 => {
                                 let g: Vec<u32> =
-                                    (1..=nodes).filter(|_| rng.below(2) == 0).collect();
+                                    (1..=nodes).filter(|_| rng.gen_range(0..2) == 0).collect();
                                 (Some(g.clone()), g)
                             }
                             _ => (Some(vec![me]), vec![me]),

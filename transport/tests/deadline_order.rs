@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hw_sim::clock::{DriftingClock, TrueTime};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use weft_transport::deadline::{
     AdaptiveDelta, Arrival, ClockMonitor, DeadlineReceiver, DeadlineSender, Exchange, Stamp,
 };
@@ -16,17 +18,6 @@ use weft_transport::NodeId;
 
 const NODES: u32 = 4;
 const US: i64 = 1_000;
-
-/// Deterministic generator for the simulation's choices.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: i64) -> i64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as i64
-    }
-}
 
 struct Node {
     clock: DriftingClock,
@@ -64,7 +55,7 @@ fn simulate(
             late: Vec::new(),
         })
         .collect();
-    let mut rng = Rng(0x5eed_1588);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_1588);
     let mut events: BinaryHeap<Reverse<(i64, u64, Ev)>> = BinaryHeap::new();
     let mut n = 0u64;
     let mut push = |events: &mut BinaryHeap<_>, t: i64, e: Ev| {
@@ -72,8 +63,8 @@ fn simulate(
         events.push(Reverse((t, n, e)));
     };
     for _ in 0..messages {
-        let t = rng.below(1_000_000 * US);
-        push(&mut events, t, Ev::Send(rng.below(i64::from(NODES)) as u32));
+        let t = rng.gen_range(0..1_000_000 * US);
+        push(&mut events, t, Ev::Send(rng.gen_range(0..NODES)));
     }
     let end = 1_000_000 * US + 2_000 * US;
     let mut t = 0;
@@ -89,7 +80,7 @@ fn simulate(
                 let delta = node.delta.current();
                 let stamp = node.sender.stamp(node.clock.now_ns(), delta);
                 for to in 0..NODES {
-                    let d = delays.0 + rng.below(delays.1 - delays.0);
+                    let d = rng.gen_range(delays.0..delays.1);
                     push(&mut events, at + d, Ev::Arrive(to, stamp));
                 }
             }

@@ -373,6 +373,7 @@ fn try_close(st: &mut State, now: Instant) -> Closable {
 fn close(st: &mut State, now: Instant) {
     let epoch = st.epoch;
     let mut out: BTreeMap<u32, Vec<Event>> = st.ports.keys().map(|k| (*k, Vec::new())).collect();
+    let members: Arc<[u32]> = st.ports.keys().copied().collect();
     for m in std::mem::take(&mut st.pending) {
         let (mut delivered, mut refused) = (0u32, 0u32);
         let mut deliver = |node: u32, out: &mut BTreeMap<u32, Vec<Event>>| match out.get_mut(&node)
@@ -389,8 +390,7 @@ fn close(st: &mut State, now: Instant) {
         };
         match &m.group {
             Group::All => {
-                let nodes: Vec<u32> = out.keys().copied().filter(|n| *n != m.src).collect();
-                for n in nodes {
+                for &n in members.iter().filter(|n| **n != m.src) {
                     deliver(n, &mut out);
                 }
             }
@@ -409,7 +409,6 @@ fn close(st: &mut State, now: Instant) {
             }));
         }
     }
-    let members: Arc<[u32]> = st.ports.keys().copied().collect();
     for (node, port) in st.ports.iter_mut() {
         port.in_barrier = false;
         let mut events = out.remove(node).unwrap_or_default();

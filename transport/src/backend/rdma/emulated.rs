@@ -4,6 +4,7 @@
 //! Sends are signaled selectively (one in [`SIGNAL_EVERY`]); failures always complete, and
 //! the next call reports them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hw_sim::verbs::{
@@ -34,7 +35,7 @@ pub struct EmulatedRc {
     staging: Mutex<MemoryRegion>,
     remote_ring: RemoteRegion,
     remote_credit: RemoteRegion,
-    posted: Mutex<u64>,
+    posted: AtomicU64,
 }
 
 const RW: Access = Access {
@@ -81,7 +82,7 @@ impl EmulatedRc {
             staging: Mutex::new(staging),
             remote_ring,
             remote_credit,
-            posted: Mutex::new(0),
+            posted: AtomicU64::new(0),
         };
         // One receive per possible record in flight: a ring holds at most capacity / 8.
         for i in 0..(c.ring.len() / 8).max(1) {
@@ -97,11 +98,7 @@ impl EmulatedRc {
         data: &[u8],
         imm: Option<u32>,
     ) -> Result<(), RingError> {
-        let n = {
-            let mut p = self.posted.lock().unwrap_or_else(|p| p.into_inner());
-            *p += 1;
-            *p
-        };
+        let n = self.posted.fetch_add(1, Ordering::Relaxed) + 1;
         let write = |data| Write {
             wr_id: n,
             data,
