@@ -208,8 +208,15 @@ pub fn run(args: &PingArgs) -> anyhow::Result<()> {
     let cluster = ClusterConfig::load(args.target.config.as_path())?;
     let local = args.target.node;
     let config = cluster.transport_for(local)?;
-    let transport = weft_transport::open(&config)
-        .with_context(|| format!("cannot open the transport of node {local}"))?;
+    let local_peers: Vec<NodeId> = match args.local_peers {
+        true => cluster
+            .node_ids()
+            .into_iter()
+            .filter(|id| *id != local)
+            .collect(),
+        false => Vec::new(),
+    };
+    let (transport, responders) = open_members(&cluster, local, &local_peers)?;
     let caps = transport.capabilities();
     ensure!(
         args.size >= proto::HEADER_LEN,
@@ -260,7 +267,7 @@ pub fn run(args: &PingArgs) -> anyhow::Result<()> {
         peers.iter().map(|peer| pinger.ping_peer(*peer)).collect()
     };
     let (reports, responders) = if args.local_peers {
-        let (reports, responders) = with_local_responders(&cluster, local, measure)?;
+        let (reports, responders) = with_local_responders(responders, measure)?;
         (reports, Some(responders))
     } else {
         (measure()?, None)
@@ -293,21 +300,46 @@ pub fn run(args: &PingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens a transport for every member except `local`, answers pings on each from its own
-/// thread while `f` runs, then stops them. Returns what `f` returned and what each
-/// responder did.
-pub fn with_local_responders<T>(
+/// A member's open transport.
+type Opened = (NodeId, Box<dyn Transport>);
+
+/// Opens `local`'s transport and those of `others`, all at once: on a fabric whose open
+/// waits for the peers (real RDMA's queue pair handshake), one after another would stall.
+pub fn open_members(
     cluster: &ClusterConfig,
     local: NodeId,
+    others: &[NodeId],
+) -> anyhow::Result<(Box<dyn Transport>, Vec<Opened>)> {
+    let mut opened: Vec<Opened> = std::thread::scope(|scope| {
+        let opening: Vec<_> = std::iter::once(local)
+            .chain(others.iter().copied())
+            .map(|id| {
+                let config = cluster.transport_for(id);
+                scope.spawn(move || -> anyhow::Result<Opened> {
+                    let t = weft_transport::open(&config?)
+                        .with_context(|| format!("cannot open the transport of node {id}"))?;
+                    Ok((id, t))
+                })
+            })
+            .collect();
+        opening
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("opening a transport panicked"))?
+            })
+            .collect::<anyhow::Result<_>>()
+    })?;
+    let (_, transport) = opened.remove(0);
+    Ok((transport, opened))
+}
+
+/// Answers pings on each of `responders` from its own thread while `f` runs, then stops
+/// them. Returns what `f` returned and what each responder did.
+pub fn with_local_responders<T>(
+    responders: Vec<Opened>,
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Vec<(NodeId, EchoCounts)>)> {
-    let mut responders = Vec::new();
-    for id in cluster.node_ids().into_iter().filter(|id| *id != local) {
-        let config = cluster.transport_for(id)?;
-        let transport = weft_transport::open(&config)
-            .with_context(|| format!("cannot open the transport of local peer {id}"))?;
-        responders.push((id, transport));
-    }
     tracing::info!(
         "started {} echo responders in this process",
         responders.len()
@@ -356,6 +388,10 @@ mod tests {
 
     /// An in-process cluster on the `mem` fabric; `id` keeps tests' fabrics apart.
     fn mem_cluster(id: u64) -> ClusterConfig {
+        cluster(id, "kind = \"mem\"")
+    }
+
+    fn cluster(id: u64, transport: &str) -> ClusterConfig {
         let text = format!(
             r#"
 [cluster]
@@ -367,8 +403,8 @@ nodes = [
 ]
 
 [transport]
-kind = "mem"
 require = ["reliable", "fifo_per_peer"]
+{transport}
 "#
         );
         ClusterConfig::parse(&text, Path::new("test-cluster.toml")).unwrap()
@@ -387,9 +423,10 @@ require = ["reliable", "fifo_per_peer"]
     #[test]
     fn pings_every_local_peer_and_stops_the_responders() {
         let cluster = mem_cluster(9_001);
-        let transport = weft_transport::open(&cluster.transport_for(NodeId(1)).unwrap()).unwrap();
+        let (transport, peers) =
+            open_members(&cluster, NodeId(1), &[NodeId(2), NodeId(3)]).unwrap();
         let plan = plan(50, Duration::from_secs(5), 0);
-        let (reports, responders) = with_local_responders(&cluster, NodeId(1), || {
+        let (reports, responders) = with_local_responders(peers, || {
             let mut pinger = Pinger::new(transport.as_ref(), &plan);
             transport
                 .peers()
@@ -410,6 +447,35 @@ require = ["reliable", "fifo_per_peer"]
         assert_eq!(ids, vec![NodeId(2), NodeId(3)]);
         for (_, counts) in responders {
             assert_eq!(counts.answered, 55, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn pings_over_emulated_rdma_in_both_completion_modes() {
+        for (id, mode) in [(9_003, "busy"), (9_004, "event")] {
+            let rdma = format!(
+                "kind = \"rdma\"\n[transport.rdma]\ndevice = \"emulated\"\ncompletion = \"{mode}\""
+            );
+            let cluster = cluster(id, &rdma);
+            let (transport, peers) =
+                open_members(&cluster, NodeId(1), &[NodeId(2), NodeId(3)]).unwrap();
+            assert!(
+                transport.capabilities().reliable,
+                "no layer stacked on rdma"
+            );
+            let plan = plan(100, Duration::from_secs(5), 0);
+            let (reports, _) = with_local_responders(peers, || {
+                let mut pinger = Pinger::new(transport.as_ref(), &plan);
+                transport
+                    .peers()
+                    .iter()
+                    .map(|peer| pinger.ping_peer(*peer))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .unwrap();
+            for r in &reports {
+                assert_eq!((r.sent, r.answered, r.lost), (100, 100, 0), "{mode}: {r:?}");
+            }
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Transports: `mem`; `udp` on loopback with the layers a production UDP cluster stacks
 //! (fragment, fifo, reliable, auth); `vortex` on the in-process Data Vortex emulator; `rdma`
-//! on emulated verbs.
+//! on emulated verbs; and `rdma-nic` on a real NIC when `WEFT_RDMA_DEVICE` names one (e.g.
+//! `WEFT_RDMA_DEVICE=mlx5_0 cargo bench -p weft-bench --bench consensus`).
 
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ struct Fabric {
     layers: fn() -> Vec<LayerKind>,
 }
 
-const FABRICS: [Fabric; 4] = [
+const FABRICS: [Fabric; 5] = [
     Fabric {
         name: "mem",
         backend: |_| {
@@ -72,22 +73,41 @@ const FABRICS: [Fabric; 4] = [
         },
         layers: Vec::new,
     },
+    Fabric {
+        name: "rdma-nic",
+        backend: |_| {
+            BackendConfig::Rdma(RdmaConfig {
+                device: std::env::var(NIC).unwrap_or_default(),
+                ring_bytes: 1 << 20,
+                ..RdmaConfig::default()
+            })
+        },
+        layers: Vec::new,
+    },
 ];
+
+/// Names the real RDMA device to benchmark; without it `rdma-nic` is skipped.
+const NIC: &str = "WEFT_RDMA_DEVICE";
 
 /// `n` members of cluster `id` on `f`.
 fn transports(f: &Fabric, id: u64, n: u32) -> Vec<Box<dyn Transport>> {
     let addrs = loopback_addrs(n as usize);
-    (1..=n)
-        .map(|i| {
-            let mut cfg = cluster_config(id, i, &addrs, (f.backend)(id), Some((f.layers)()), true);
-            cfg.max_message = 1 << 20;
-            if f.name == "vortex" {
-                cfg.require
-                    .extend([Capability::TotalOrder, Capability::Barrier]);
-            }
-            open(&cfg).expect("open a benchmark transport")
-        })
-        .collect()
+    // Opened at once: a real NIC's open waits for every peer's handshake.
+    std::thread::scope(|s| {
+        let opening: Vec<_> = (1..=n)
+            .map(|i| {
+                let mut cfg =
+                    cluster_config(id, i, &addrs, (f.backend)(id), Some((f.layers)()), true);
+                cfg.max_message = 1 << 20;
+                if f.name == "vortex" {
+                    cfg.require
+                        .extend([Capability::TotalOrder, Capability::Barrier]);
+                }
+                s.spawn(move || open(&cfg).expect("open a benchmark transport"))
+            })
+            .collect();
+        opening.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
 fn bench(c: &mut Criterion) {
@@ -96,6 +116,9 @@ fn bench(c: &mut Criterion) {
     let mut id = 0xC0_0000u64;
     let mut messages = Vec::new();
     for f in &FABRICS {
+        if f.name == "rdma-nic" && std::env::var_os(NIC).is_none() {
+            continue;
+        }
         let mut group = c.benchmark_group(f.name);
         id += 0x100;
         {

@@ -319,6 +319,9 @@ impl Validator<'_> {
         self.vortex(&vortex)?;
         let rdma = transport.rdma.unwrap_or_default();
         self.rdma(&rdma)?;
+        if kind == Kind::Rdma && rdma.device != "emulated" {
+            self.handshake_addrs(&cluster.nodes, &nodes)?;
+        }
         let backend = match kind {
             Kind::Mem => BackendConfig::Mem(mem),
             Kind::Udp => BackendConfig::Udp(udp),
@@ -478,6 +481,12 @@ impl Validator<'_> {
                 "empty: name a verbs device (see `ibv_devices`) or \"emulated\"",
             ));
         }
+        if r.handshake_timeout_ms == 0 {
+            return Err(self.invalid(
+                "transport.rdma.handshake_timeout_ms",
+                "must be positive: how long opening waits for the peers",
+            ));
+        }
         if r.ring_bytes % 8 != 0 || !(4096..=1 << 30).contains(&r.ring_bytes) {
             return Err(self.invalid(
                 "transport.rdma.ring_bytes",
@@ -486,6 +495,25 @@ impl Validator<'_> {
                     r.ring_bytes
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// On a real RDMA device the members' `addr`s are where the out-of-band queue pair
+    /// exchange listens: each must be given, with a port, and distinct.
+    fn handshake_addrs(&self, raw: &[RawNode], nodes: &[NodeSpec]) -> Result<(), ConfigError> {
+        for (i, (r, n)) in raw.iter().zip(nodes).enumerate() {
+            let problem = if r.addr.is_none() {
+                "missing: rdma members on a real device need the TCP address of their \
+                 queue pair handshake"
+            } else if n.addr.port() == 0 {
+                "port 0: the queue pair handshake needs a fixed port"
+            } else if nodes[..i].iter().any(|m| m.addr == n.addr) {
+                "already used by another member: handshake addresses must be distinct"
+            } else {
+                continue;
+            };
+            return Err(self.invalid(format!("cluster.nodes[{i}].addr"), problem));
         }
         Ok(())
     }

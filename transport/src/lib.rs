@@ -36,7 +36,7 @@ pub use node::{Delivery, Dest, NodeId};
 pub use open::{open, plan_layers};
 pub use stats::{Counters, Stats};
 pub use transport_config::{
-    BackendConfig, ClusterKey, LayerKind, LayerTuning, MemConfig, NodeSpec, RdmaConfig,
+    BackendConfig, ClusterKey, Completion, LayerKind, LayerTuning, MemConfig, NodeSpec, RdmaConfig,
     TransportConfig, UdpConfig, VortexConfig,
 };
 

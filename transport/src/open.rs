@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::rdma::{device, EmulatedFabric, RdmaTransport};
+use crate::backend::rdma::{device, verbs, EmulatedFabric, RdmaTransport, SleepWait};
 use crate::backend::{mem::MemFabric, udp, vortex::VortexTransport};
 use crate::layer::{LayeredTransport, StackBuilder};
 use crate::{
@@ -38,23 +38,33 @@ pub fn open(cfg: &TransportConfig) -> Result<Box<dyn Transport>, OpenError> {
         BackendConfig::Rdma(r) if r.device == "emulated" => {
             let fabric = EmulatedFabric::shared(cfg.cluster_id);
             let conns = fabric.connect(cfg.local, &cfg.peer_ids(), r.ring_bytes)?;
-            Box::new(
-                RdmaTransport::new(cfg.local, conns, Arc::new(Counters::default()))?
-                    .holding(fabric),
-            )
+            let counters = Arc::new(Counters::default());
+            let t = RdmaTransport::new(
+                cfg.local,
+                conns,
+                counters,
+                r.completion,
+                Box::new(SleepWait),
+            )?;
+            Box::new(t.holding(fabric))
         }
         BackendConfig::Rdma(r) => {
-            let fabric = format!("rdma device {}", r.device);
-            device::find(&r.device).map_err(|reason| OpenError::Fabric {
-                fabric: fabric.clone(),
+            let fail = |reason| OpenError::Fabric {
+                fabric: format!("rdma device {}", r.device),
                 reason,
-            })?;
-            return Err(OpenError::Fabric {
-                fabric,
-                reason: "the device exists, but the verbs data path for real NICs is not in \
-                         this build yet; use device = \"emulated\""
-                    .into(),
-            });
+            };
+            device::find(&r.device).map_err(fail)?;
+            let addrs = cfg.nodes.iter().map(|n| (n.id, n.addr)).collect();
+            let (conns, waiter) =
+                verbs::connect_all(cfg.cluster_id, cfg.local, &addrs, r).map_err(fail)?;
+            let counters = Arc::new(Counters::default());
+            Box::new(RdmaTransport::new(
+                cfg.local,
+                conns,
+                counters,
+                r.completion,
+                Box::new(waiter),
+            )?)
         }
     };
     let layers = plan_layers(cfg, backend.capabilities())?;

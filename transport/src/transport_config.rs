@@ -196,6 +196,11 @@ pub struct RdmaConfig {
     pub gid_index: u8,
     /// Bytes of each per-peer receive ring (a multiple of 8; the largest message is half).
     pub ring_bytes: usize,
+    /// How the receiving thread waits for arrivals.
+    pub completion: Completion,
+    /// How long opening waits for every peer's out-of-band handshake (real devices; the
+    /// members' `addr`s are the TCP addresses it runs on).
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for RdmaConfig {
@@ -205,8 +210,21 @@ impl Default for RdmaConfig {
             port: 1,
             gid_index: 0,
             ring_bytes: 4 << 20,
+            completion: Completion::Event,
+            handshake_timeout_ms: 30_000,
         }
     }
+}
+
+/// How the `rdma` backend's receiving thread waits for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Completion {
+    /// Poll the completion queues without pause: the lowest latency, one core per node.
+    Busy,
+    /// Poll while traffic flows and briefly after, then sleep until a completion event
+    /// (on real NICs the kernel wakes the thread; the emulation sleeps in short steps).
+    Event,
 }
 
 /// The software layers, named as in config files.

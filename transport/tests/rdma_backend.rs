@@ -105,3 +105,47 @@ fn rdma_config_is_checked_at_load() {
     let err = ClusterConfig::load(&file).err().unwrap().to_string();
     assert!(err.contains("transport.rdma.ring_bytes"), "{err}");
 }
+
+#[test]
+fn a_real_device_needs_handshake_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rdma.toml");
+    let load = |nodes: &str, rdma: &str| {
+        let text = format!(
+            "[cluster]\nid = 1\nnodes = [{nodes}]\n[transport]\nkind = \"rdma\"\n\
+             [transport.rdma]\n{rdma}\n"
+        );
+        std::fs::write(&file, text).unwrap();
+        ClusterConfig::load(&file)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let two = r#"{ id = 1, addr = "10.0.0.1:7471" }, { id = 2, addr = "10.0.0.2:7471" }"#;
+    load(two, "device = \"mlx5_0\"").unwrap();
+    // The emulation needs no addresses; a NIC does, with a port, one per member.
+    load("{ id = 1 }, { id = 2 }", "device = \"emulated\"").unwrap();
+    for (nodes, says) in [
+        (
+            r#"{ id = 1, addr = "10.0.0.1:7471" }, { id = 2 }"#,
+            "cluster.nodes[1].addr",
+        ),
+        (
+            r#"{ id = 1, addr = "10.0.0.1:0" }, { id = 2, addr = "10.0.0.2:1" }"#,
+            "port 0",
+        ),
+        (
+            r#"{ id = 1, addr = "10.0.0.1:9" }, { id = 2, addr = "10.0.0.1:9" }"#,
+            "distinct",
+        ),
+    ] {
+        let err = load(nodes, "device = \"mlx5_0\"").unwrap_err();
+        assert!(err.contains(says), "{nodes}: {err}");
+    }
+    let err = load(two, "device = \"mlx5_0\"\nhandshake_timeout_ms = 0").unwrap_err();
+    assert!(err.contains("handshake_timeout_ms"), "{err}");
+    let err = load(two, "device = \"mlx5_0\"\ncompletion = \"sometimes\"").unwrap_err();
+    assert!(
+        err.contains("completion") || err.contains("sometimes"),
+        "{err}"
+    );
+}

@@ -1,22 +1,17 @@
 //! [`RcConnection`] on `hw-sim`'s emulated verbs: what CI runs the ring protocol on.
 //!
-//! Small records are posted inline; larger ones are staged in a registered send buffer.
-//! Sends are signaled selectively (one in [`SIGNAL_EVERY`]); failures always complete, and
+//! Posting follows the real connection's rules: small records inline, larger ones staged in
+//! a registered mirror of the peer's ring at the record's own offset (the credit protocol
+//! keeps that range untouched until the record was read, so the NIC may read the staging
+//! copy late), selective signaling through [`SendQueue`]. Failures always complete, and
 //! the next call reports them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hw_sim::verbs::{
-    self, Access, Endpoint, Local, MemoryRegion, WorkCompletion, Write, WriteData,
-};
+use hw_sim::verbs::{self, Access, Endpoint, Local, MemoryRegion, Write, WriteData};
 
+use super::send_queue::{SendQueue, INLINE_MAX, SEND_DEPTH, SIGNAL_EVERY};
 use super::{RcConnection, RingError};
-
-/// Records up to this size are posted inline (no local key, no DMA read).
-pub const INLINE_MAX: usize = 64;
-/// One signaled send in this many keeps the send completion queue cheap.
-pub const SIGNAL_EVERY: u64 = 64;
 
 /// A region of the peer, as the connection handshake describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,10 +27,11 @@ pub struct EmulatedRc {
     ep: Endpoint,
     ring: MemoryRegion,
     credit: MemoryRegion,
-    staging: Mutex<MemoryRegion>,
+    /// The mirror of the peer's ring that staged records are sent from, and the send
+    /// queue's bookkeeping: posts from the sender and the credit writer take turns.
+    posting: Mutex<(MemoryRegion, SendQueue)>,
     remote_ring: RemoteRegion,
     remote_credit: RemoteRegion,
-    posted: AtomicU64,
 }
 
 const RW: Access = Access {
@@ -74,15 +70,14 @@ impl EmulatedRc {
         remote_ring: RemoteRegion,
         remote_credit: RemoteRegion,
     ) -> EmulatedRc {
-        let staging = ep.pd.register(remote_ring.len / 2 + 8, Access::default());
+        let staging = ep.pd.register(remote_ring.len, Access::default());
         let c = EmulatedRc {
             ep,
             ring,
             credit,
-            staging: Mutex::new(staging),
+            posting: Mutex::new((staging, SendQueue::new(SEND_DEPTH, SIGNAL_EVERY))),
             remote_ring,
             remote_credit,
-            posted: AtomicU64::new(0),
         };
         // One receive per possible record in flight: a ring holds at most capacity / 8.
         for i in 0..(c.ring.len() / 8).max(1) {
@@ -98,39 +93,43 @@ impl EmulatedRc {
         data: &[u8],
         imm: Option<u32>,
     ) -> Result<(), RingError> {
-        let n = self.posted.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
+        let (staging, queue) = &mut *posting;
+        let (wr_id, signaled) = loop {
+            match queue.reserve() {
+                Some(next) => break next,
+                None => self.reap(queue)?,
+            }
+        };
         let write = |data| Write {
-            wr_id: n,
+            wr_id,
             data,
             remote_offset: offset,
             rkey,
             imm,
-            signaled: n % SIGNAL_EVERY == 0,
+            signaled,
         };
         let r = if data.len() <= INLINE_MAX {
             self.ep.qp.post_write(write(WriteData::Inline(data)))
         } else {
-            let staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-            staging.write(0, data).map_err(verbs_err)?;
+            staging.write(offset, data).map_err(verbs_err)?;
             self.ep.qp.post_write(write(WriteData::Registered(Local {
-                mr: &staging,
-                offset: 0,
+                mr: staging,
+                offset,
                 len: data.len(),
             })))
         };
         r.map_err(verbs_err)?;
-        self.reap()
+        self.reap(queue)
     }
 
-    /// Takes send completions; the first failure is the error.
-    fn reap(&self) -> Result<(), RingError> {
-        let failed = self
-            .ep
-            .send_cq
-            .poll(usize::MAX)
-            .into_iter()
-            .find_map(|wc: WorkCompletion| wc.status.err());
-        failed.map_or(Ok(()), |e| Err(verbs_err(e)))
+    /// Takes send completions into `queue`; the first failure is the error.
+    fn reap(&self, queue: &mut SendQueue) -> Result<(), RingError> {
+        for wc in self.ep.send_cq.poll(usize::MAX) {
+            wc.status.map_err(verbs_err)?;
+            queue.completed(wc.wr_id);
+        }
+        Ok(())
     }
 }
 

@@ -12,17 +12,21 @@
 //!
 //! [`RdmaTransport`] is the backend over any [`RcConnection`]s. `device = "emulated"` runs
 //! it on `hw-sim`'s verbs ([`EmulatedFabric`]); a real device name is looked up through
-//! libibverbs (`rdma-sys`, [`device`]), and a machine without it gets a clear error. The
-//! real-verbs [`RcConnection`] (queue pairs, registration, the out-of-band QP exchange) is
-//! the next step and is not in this build.
+//! libibverbs (`rdma-sys`, [`device`]), and a machine without it gets a clear error. On a
+//! NIC, [`verbs`] opens the device, creates a queue pair per peer and exchanges queue pair
+//! numbers, addresses and memory keys over TCP ([`handshake`]); sends follow the same
+//! selective-signaling bookkeeping ([`send_queue`]) on both.
 
 pub mod device;
 pub mod emulated;
+pub mod handshake;
 pub mod ring;
+pub mod send_queue;
 pub mod transport;
+pub mod verbs;
 
 pub use ring::{RingReceiver, RingSender};
-pub use transport::{EmulatedFabric, RdmaTransport};
+pub use transport::{ArrivalWait, EmulatedFabric, RdmaTransport, SleepWait};
 
 /// Why a ring operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,4 +69,9 @@ pub trait RcConnection: Send + Sync {
     fn read_ring(&self, offset: usize, buf: &mut [u8]) -> Result<(), RingError>;
     /// This side's credit word: how far the peer has read this side's records.
     fn read_credit(&self) -> u64;
+    /// Asks for a completion event on the next arrival, before the poller sleeps (see
+    /// [`transport::ArrivalWait`]); a connection without events needs nothing.
+    fn arm(&self) -> Result<(), RingError> {
+        Ok(())
+    }
 }

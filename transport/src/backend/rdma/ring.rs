@@ -97,6 +97,11 @@ impl<C: RcConnection> RingReceiver<C> {
         }
     }
 
+    /// Asks the connection for an event on the next arrival ([`RcConnection::arm`]).
+    pub fn arm(&self) -> Result<(), RingError> {
+        self.conn.arm()
+    }
+
     /// Takes up to `max` messages that have arrived, in order, calling `deliver` on each;
     /// returns how many.
     pub fn poll(&mut self, max: usize, mut deliver: impl FnMut(&[u8])) -> Result<usize, RingError> {

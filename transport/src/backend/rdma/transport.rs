@@ -13,15 +13,34 @@ use crossbeam_channel::{Receiver, Sender};
 use super::emulated::EmulatedRc;
 use super::{RcConnection, RingError, RingReceiver, RingSender};
 use crate::{
-    Capabilities, Counters, Delivery, NodeId, OpenError, Stats, Transport, TransportError,
+    Capabilities, Completion, Counters, Delivery, NodeId, OpenError, Stats, Transport,
+    TransportError,
 };
 
 /// How long `send` waits for a slow receiver's credit before reporting the window full.
 const CREDIT_WAIT: Duration = Duration::from_millis(5);
-/// How long the poller busy-polls after the last arrival before it sleeps between polls.
+/// How long the poller busy-polls after the last arrival before it waits (event mode).
 const SPIN: Duration = Duration::from_micros(200);
-/// Sleep between idle polls after that.
+/// A [`SleepWait`]'s sleep between idle polls.
 const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// Longest single wait, so that closing the transport is never held up for longer.
+const MAX_WAIT: Duration = Duration::from_millis(10);
+
+/// How the poller waits when no message is arriving (event mode).
+pub trait ArrivalWait: Send {
+    /// Blocks for at most `max`, and returns early once an armed connection
+    /// ([`RcConnection::arm`]) may have an arrival.
+    fn wait(&mut self, max: Duration);
+}
+
+/// Sleeps in short steps: for connections without completion events (the emulation).
+pub struct SleepWait;
+
+impl ArrivalWait for SleepWait {
+    fn wait(&mut self, max: Duration) {
+        std::thread::sleep(IDLE_SLEEP.min(max));
+    }
+}
 
 /// One member's endpoint: a ring sender per peer, and the poller of the rings that peers
 /// write into.
@@ -46,11 +65,14 @@ impl<C: RcConnection + 'static> RdmaTransport<C> {
         self
     }
 
-    /// A transport over established connections, one per peer.
+    /// A transport over established connections, one per peer, whose receiving thread
+    /// waits for arrivals as `completion` says, through `waiter`.
     pub fn new(
         local: NodeId,
         connections: BTreeMap<NodeId, Arc<C>>,
         counters: Arc<Counters>,
+        completion: Completion,
+        waiter: Box<dyn ArrivalWait>,
     ) -> Result<RdmaTransport<C>, OpenError> {
         let max_message = connections
             .values()
@@ -77,7 +99,16 @@ impl<C: RcConnection + 'static> RdmaTransport<C> {
             let (stop, counters) = (stop.clone(), counters.clone());
             std::thread::Builder::new()
                 .name(format!("rdma-poll-{local}"))
-                .spawn(move || poll(receivers, &tx, &stop, &counters))?
+                .spawn(move || {
+                    let mut poller = Poller {
+                        receivers,
+                        tx,
+                        counters,
+                        completion,
+                        waiter,
+                    };
+                    poller.run(&stop)
+                })?
         };
         Ok(RdmaTransport {
             local,
@@ -93,18 +124,42 @@ impl<C: RcConnection + 'static> RdmaTransport<C> {
     }
 }
 
-/// Busy-polls every ring (the lowest-latency mode) while traffic flows, and for a short
-/// while after; then polls between short sleeps, so an idle node does not hold a core.
-fn poll<C: RcConnection>(
-    mut receivers: Vec<(NodeId, RingReceiver<C>)>,
-    tx: &Sender<Delivery>,
-    stop: &AtomicBool,
-    counters: &Counters,
-) {
-    let mut last = Instant::now();
-    while !stop.load(Ordering::Acquire) {
+/// The receiving thread: takes records from every ring into the inbox.
+struct Poller<C: RcConnection> {
+    receivers: Vec<(NodeId, RingReceiver<C>)>,
+    tx: Sender<Delivery>,
+    counters: Arc<Counters>,
+    completion: Completion,
+    waiter: Box<dyn ArrivalWait>,
+}
+
+impl<C: RcConnection> Poller<C> {
+    /// Busy-polls every ring while traffic flows. In busy mode it never stops; in event
+    /// mode, once nothing arrived for a short while, it arms every connection, polls once
+    /// more (an arrival between the last poll and the arming raises no event), and waits.
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            if self.poll_all() > 0 {
+                last = Instant::now();
+            } else if self.completion == Completion::Busy || last.elapsed() < SPIN {
+                // Yielding costs little on a dedicated core and lets other threads run
+                // where cores are shared.
+                std::thread::yield_now();
+            } else {
+                self.receivers.retain(|(from, rx)| healthy(*from, rx.arm()));
+                if self.poll_all() == 0 {
+                    self.waiter.wait(MAX_WAIT);
+                }
+            }
+        }
+    }
+
+    /// Takes what arrived on every ring; a failed connection is logged and dropped.
+    fn poll_all(&mut self) -> usize {
         let mut got = 0;
-        receivers.retain_mut(|(from, rx)| {
+        let (tx, counters) = (&self.tx, &self.counters);
+        self.receivers.retain_mut(|(from, rx)| {
             let r = rx.poll(256, |m| {
                 Counters::bump(&counters.frames_received);
                 Counters::bump(&counters.delivered);
@@ -114,25 +169,20 @@ fn poll<C: RcConnection>(
                     bytes: Bytes::copy_from_slice(m),
                 });
             });
-            match r {
-                Ok(n) => {
-                    got += n;
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(peer = %from, error = %e, "rdma connection failed; no more messages from this peer");
-                    false
-                }
-            }
+            got += r.as_ref().map_or(0, |n| *n);
+            healthy(*from, r.map(drop))
         });
-        if got > 0 {
-            last = Instant::now();
-        } else if last.elapsed() < SPIN {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(IDLE_SLEEP);
-        }
+        got
     }
+}
+
+/// Whether the connection from `from` is still usable; a failure is logged once, as the
+/// poller drops the connection.
+fn healthy(from: NodeId, r: Result<(), RingError>) -> bool {
+    r.map_err(|e| {
+        tracing::error!(peer = %from, error = %e, "rdma connection failed; no more messages from this peer")
+    })
+    .is_ok()
 }
 
 impl<C: RcConnection + 'static> Transport for RdmaTransport<C> {
