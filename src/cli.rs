@@ -13,6 +13,7 @@ use weft_transport::NodeId;
 const COMMAND_TREE: &str = "\
 Command tree:
   weft demo             a 3-node cluster in separate processes, a workload, a leader crash
+  weft bench            rafty's benchmark matrix and election speed, as HTML + JSON
   weft node             run one cluster member (durable log, transport, client service)
   weft kv               get, put, del, cas, all against a running cluster
   weft status           every node's role, term, leader, commit and rates
@@ -45,6 +46,10 @@ pub enum Command {
     /// Start a 3-node cluster as separate processes on loopback, run a mixed workload,
     /// kill the leader mid-run, and check that no acknowledged write was lost.
     Demo(DemoArgs),
+    /// Benchmark writes over servers × clients × entries × entry size on fresh local
+    /// clusters (or a running one), then election speed; writes report.html and
+    /// report.json and prints a summary table.
+    Bench(BenchArgs),
     /// Run one cluster member until killed: its durable log, transport and client service.
     Node(RunNodeArgs),
     /// Read and write the replicated dictionary.
@@ -210,6 +215,40 @@ pub struct DemoArgs {
     /// The fabric the cluster runs on.
     #[arg(long, value_enum, default_value = "udp")]
     pub fabric: Fabric,
+}
+
+/// Arguments of `weft bench`. Lists are comma-separated; the defaults are rafty's local
+/// matrix (24 cells) and 20 election trials on 5 nodes.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The fabric of the local clusters.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub fabric: Fabric,
+    /// Benchmark the running cluster this config file describes instead (its nodes need
+    /// `client` addresses); the election test is skipped, since it kills nodes.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+    /// Cluster sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [3, 5])]
+    pub servers: Vec<u32>,
+    /// Concurrent clients (one connection each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 256])]
+    pub clients: Vec<u32>,
+    /// Puts per run.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
+    pub entries: Vec<u64>,
+    /// Bytes per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
+    pub sizes: Vec<usize>,
+    /// Leader kills in the election test (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    pub election_trials: u32,
+    /// Cluster size of the election test.
+    #[arg(long, default_value_t = 5)]
+    pub election_servers: u32,
+    /// Directory for report.html and report.json.
+    #[arg(long, value_name = "DIR", default_value = "weft-bench-report")]
+    pub out: PathBuf,
 }
 
 /// Arguments of `weft node`.

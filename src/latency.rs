@@ -27,6 +27,29 @@ impl Recorder {
         self.hist.saturating_record(ns);
     }
 
+    /// Adds everything `other` recorded.
+    pub fn merge(&mut self, other: &Recorder) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.hist.add(&other.hist);
+    }
+
+    /// The cumulative distribution at `points` quantiles spread evenly (and the tail at
+    /// 99.9 % and 100 %), as (microseconds, quantile) pairs for plotting.
+    pub fn cdf(&self, points: u32) -> Vec<(f64, f64)> {
+        if self.hist.is_empty() {
+            return Vec::new();
+        }
+        let mut qs: Vec<f64> = (0..points)
+            .map(|i| f64::from(i) / f64::from(points))
+            .collect();
+        qs.extend([0.99, 0.999, 1.0]);
+        qs.sort_by(f64::total_cmp);
+        qs.dedup();
+        qs.into_iter()
+            .map(|q| (self.hist.value_at_quantile(q) as f64 / 1000.0, q))
+            .collect()
+    }
+
     /// The distribution so far; `None` if nothing was recorded.
     pub fn summary(&self) -> Option<Summary> {
         if self.hist.is_empty() {
@@ -48,7 +71,7 @@ impl Recorder {
 
 /// The figures `weft transport ping` prints for one peer. Quantiles are as precise as the
 /// histogram (3 significant digits).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Summary {
     /// Round trips recorded.
     pub count: u64,
@@ -114,6 +137,26 @@ mod tests {
         assert!((s.mean_ns - 500_500.0).abs() < 1_000.0, "{s:?}");
         let cols = s.columns_us();
         assert!((cols[1] - 500.0).abs() < 1.0, "{cols:?}");
+    }
+
+    #[test]
+    fn merged_recorders_and_their_cdf() {
+        let (mut a, mut b) = (Recorder::new().unwrap(), Recorder::new().unwrap());
+        for us in 1..=100u64 {
+            a.record(Duration::from_micros(us));
+            b.record(Duration::from_micros(100 + us));
+        }
+        a.merge(&b);
+        assert_eq!(a.summary().unwrap().count, 200);
+        let cdf = a.cdf(10);
+        assert_eq!(cdf.first().unwrap().1, 0.0);
+        assert_eq!(cdf.last().unwrap().1, 1.0);
+        assert!(
+            cdf.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1),
+            "{cdf:?}"
+        );
+        let median = cdf.iter().find(|(_, q)| *q == 0.5).unwrap().0;
+        assert!((median - 100.0).abs() < 1.0, "{median}");
     }
 
     #[test]

@@ -119,6 +119,23 @@ impl LocalCluster {
         &self.config
     }
 
+    /// Bytes node `id` holds on disk (write-ahead log, hard state, snapshots).
+    pub fn disk_bytes(&self, id: u32) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            match fs::read_dir(p) {
+                Ok(entries) => entries
+                    .flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => walk(&e.path()),
+                        _ => e.metadata().map_or(0, |m| m.len()),
+                    })
+                    .sum(),
+                Err(_) => 0,
+            }
+        }
+        walk(&crate::default_data_dir(&self.config, id))
+    }
+
     /// The node's client address.
     pub fn client_addr(&self, id: u32) -> SocketAddr {
         self.clients[&id]

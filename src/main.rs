@@ -5,6 +5,7 @@
 //! running cluster, `weft demo` shows it all on loopback, and `weft transport ping|echo`
 //! measure the fabric underneath. Run `weft --help` for the command tree.
 
+mod bench_cmd;
 mod cli;
 mod demo;
 mod echo;
@@ -71,6 +72,7 @@ fn error_chain(err: &anyhow::Error) -> String {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::Node(args) => node_cmd::run(args),
         Command::Kv(args) => kv_cmd::run_kv(args),
         Command::Status(args) => kv_cmd::run_status(args),

@@ -1,25 +1,15 @@
 //! `weft node`: one long-running cluster member, with its durable log, its transport and
 //! its client service.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use weft_raft::node::{Node, RaftSettings};
 use weft_raft::service::{serve, ServerConfig};
 use weft_raft::storage::{DiskStorage, StorageOptions};
-use weft_transport::{ClusterConfig, NodeId};
+use weft_transport::ClusterConfig;
 
 use crate::cli::RunNodeArgs;
-
-/// Where node `id` keeps its data unless told otherwise: beside the config file.
-pub fn default_data_dir(config: &Path, id: NodeId) -> PathBuf {
-    let base = config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    base.join("weft-data").join(format!("node-{id}"))
-}
 
 /// Runs the node until the process is killed, or until its storage fails.
 pub fn run(args: &RunNodeArgs) -> anyhow::Result<()> {
@@ -36,7 +26,7 @@ pub fn run(args: &RunNodeArgs) -> anyhow::Result<()> {
     let dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| default_data_dir(&args.config, id));
+        .unwrap_or_else(|| weft::default_data_dir(&args.config, id.0));
     let (store, recovered) =
         DiskStorage::open(&dir, cluster.cluster_id, id, StorageOptions::default())
             .with_context(|| format!("opening the data directory {}", dir.display()))?;

@@ -1,0 +1,159 @@
+//! One cell of the write matrix: `entries` puts of `size` bytes spread over `clients`
+//! concurrent clients (one thread and one persistent connection each), measured the way
+//! rafty reported them — each client's duration (mean and standard deviation over the
+//! clients), requests per second for the whole run, mean time per request — plus the
+//! latency distribution.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use serde::Serialize;
+use weft_raft::client::Client;
+
+use crate::latency::{Recorder, Summary};
+
+/// What one cell measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct CellResult {
+    /// Cluster size.
+    pub servers: u32,
+    /// Concurrent clients.
+    pub clients: u32,
+    /// Puts in the run.
+    pub entries: u64,
+    /// Bytes per value.
+    pub size: usize,
+    /// Wall time from the first request to the last answer, in seconds.
+    pub duration_s: f64,
+    /// Mean of the clients' own durations, in seconds (rafty's "average duration").
+    pub client_mean_s: f64,
+    /// Standard deviation of the clients' durations, in seconds.
+    pub client_std_s: f64,
+    /// Acknowledged puts per second of wall time.
+    pub requests_per_s: f64,
+    /// Mean latency of a put, in milliseconds (rafty's "average time per request").
+    pub mean_request_ms: f64,
+    /// Latency distribution of the acknowledged puts.
+    pub latency: Summary,
+    /// (microseconds, quantile) points of the latency CDF.
+    pub cdf: Vec<(f64, f64)>,
+    /// Puts that failed after the client's retries.
+    pub errors: u64,
+    /// Bytes on the leader's disk after the run (log, hard state, snapshots), when the
+    /// cluster is local.
+    pub leader_disk_bytes: Option<u64>,
+}
+
+/// Mean and (population) standard deviation.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// The share of `entries` client `i` of `clients` writes (the first ones take the rest).
+fn share(entries: u64, clients: u32, i: u32) -> u64 {
+    let (base, rest) = (entries / u64::from(clients), entries % u64::from(clients));
+    base + u64::from(u64::from(i) < rest)
+}
+
+/// Runs the puts with one client per thread, made by `connect`; keys are unique per
+/// client and request, so every put appends a new entry to the log.
+pub fn run(
+    servers: u32,
+    clients: u32,
+    entries: u64,
+    size: usize,
+    connect: &dyn Fn() -> anyhow::Result<Client>,
+) -> anyhow::Result<CellResult> {
+    anyhow::ensure!(
+        clients > 0 && entries > 0,
+        "a run needs clients and entries"
+    );
+    let start_line = Arc::new(Barrier::new(clients as usize + 1));
+    let value = Bytes::from(vec![b'w'; size]);
+    let workers = (0..clients)
+        .map(|i| {
+            let mut client = connect()?;
+            let (start_line, value) = (start_line.clone(), value.clone());
+            let n = share(entries, clients, i);
+            std::thread::Builder::new()
+                .name(format!("bench-client-{i}"))
+                .spawn(move || {
+                    let mut rec = Recorder::new()?;
+                    let mut errors = 0;
+                    start_line.wait();
+                    let began = Instant::now();
+                    for k in 0..n {
+                        let t = Instant::now();
+                        match client.put(&format!("bench-{i}-{k}"), value.clone()) {
+                            Ok(_) => rec.record(t.elapsed()),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    Ok::<_, anyhow::Error>((began.elapsed(), rec, errors))
+                })
+                .context("starting a client thread")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    start_line.wait();
+    let began = Instant::now();
+    let mut all = Recorder::new()?;
+    let (mut durations, mut errors) = (Vec::new(), 0);
+    for w in workers {
+        let (d, rec, e): (Duration, Recorder, u64) = w
+            .join()
+            .map_err(|_| anyhow!("a client thread panicked"))??;
+        durations.push(d.as_secs_f64());
+        all.merge(&rec);
+        errors += e;
+    }
+    let duration_s = began.elapsed().as_secs_f64();
+    let latency = all
+        .summary()
+        .ok_or_else(|| anyhow!("no put was acknowledged ({errors} failed)"))?;
+    let (client_mean_s, client_std_s) = mean_std(&durations);
+    Ok(CellResult {
+        servers,
+        clients,
+        entries,
+        size,
+        duration_s,
+        client_mean_s,
+        client_std_s,
+        requests_per_s: latency.count as f64 / duration_s,
+        mean_request_ms: latency.mean_ns / 1e6,
+        latency,
+        cdf: all.cdf(50),
+        errors,
+        leader_disk_bytes: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_and_differ_by_at_most_one() {
+        for (entries, clients) in [(1000, 64), (10, 3), (5, 256), (256, 256)] {
+            let shares: Vec<u64> = (0..clients).map(|i| share(entries, clients, i)).collect();
+            assert_eq!(shares.iter().sum::<u64>(), entries);
+            let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{entries}/{clients}: {shares:?}");
+        }
+    }
+
+    #[test]
+    fn mean_and_standard_deviation() {
+        let (m, s) = mean_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!((m, s), (5.0, 2.0));
+        assert_eq!(mean_std(&[]), (0.0, 0.0));
+    }
+}
