@@ -107,6 +107,21 @@ fn rdma_config_is_checked_at_load() {
 }
 
 #[test]
+fn the_shipped_rdma_example_loads() {
+    let root = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let cluster = ClusterConfig::load(root.join("../examples/cluster-rdma.toml")).unwrap();
+    let cfg = cluster.transport_for(NodeId(2)).unwrap();
+    let BackendConfig::Rdma(r) = &cfg.backend else {
+        panic!("not rdma: {:?}", cfg.backend)
+    };
+    assert_eq!(
+        (r.device.as_str(), r.completion),
+        ("mlx5_0", weft_transport::Completion::Event)
+    );
+    assert_eq!(cfg.nodes[1].addr, "10.0.0.2:7471".parse().unwrap());
+}
+
+#[test]
 fn a_real_device_needs_handshake_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rdma.toml");
