@@ -246,6 +246,10 @@ pub struct BenchArgs {
     /// Cluster size of the election test.
     #[arg(long, default_value_t = 5)]
     pub election_servers: u32,
+    /// Applied entries between snapshots on the local clusters (default: the node's own
+    /// default); compare values to choose one.
+    #[arg(long, value_name = "N")]
+    pub snapshot_entries: Option<u64>,
     /// Directory for report.html and report.json.
     #[arg(long, value_name = "DIR", default_value = "weft-bench-report")]
     pub out: PathBuf,

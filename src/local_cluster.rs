@@ -114,6 +114,25 @@ impl LocalCluster {
         })
     }
 
+    /// Sets `key = value` in the config's `[raft]` table (for nodes started afterwards):
+    /// benchmarks compare settings such as `snapshot_entries` this way.
+    pub fn set_raft(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
+        let text = fs::read_to_string(&self.config)?;
+        let (head, tail) = text
+            .split_once("[raft]\n")
+            .context("the generated config has no [raft] table")?;
+        let tail: String = tail
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(
+            &self.config,
+            format!("{head}[raft]\n{key} = {value}\n{tail}"),
+        )?;
+        Ok(())
+    }
+
     /// The config file.
     pub fn config(&self) -> &Path {
         &self.config
@@ -266,5 +285,22 @@ impl Drop for LocalCluster {
             let _ = s.kill();
             let _ = s.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_settings_are_set_and_replaced_in_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = LocalCluster::create(dir.path(), Path::new("weft"), 3, 3, Fabric::Udp).unwrap();
+        c.set_raft("snapshot_entries", "50").unwrap();
+        c.set_raft("snapshot_entries", "70").unwrap();
+        let cfg = weft_transport::ClusterConfig::load(c.config()).unwrap();
+        let raft: weft_raft::node::RaftSettings = cfg.section("raft").unwrap();
+        assert_eq!(raft.snapshot_entries, Some(70));
+        assert_eq!(raft.tick_ms, Some(15), "the other settings stay");
     }
 }

@@ -78,6 +78,7 @@ fn a_small_matrix_and_election_trials_on_local_clusters() {
     .stdout;
     let r = report(out.path());
     check_cells(&r, &[(3, 1), (3, 4)], 200);
+    assert_eq!(r["snapshot_entries"], 50);
     for c in r["cells"].as_array().unwrap() {
         // 200 puts of 100 B cannot fit in less than 20 KB of log.
         assert!(c["leader_disk_bytes"].as_u64().unwrap() > 20_000, "{c}");

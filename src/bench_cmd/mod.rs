@@ -11,7 +11,7 @@ mod workload;
 use std::time::Duration;
 
 use anyhow::Context;
-use weft::local_cluster::{Fabric, LocalCluster};
+use weft::local_cluster::LocalCluster;
 use weft_raft::client::{Client, ClientConfig};
 use weft_transport::ClusterConfig;
 
@@ -45,6 +45,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         } else {
             "release"
         },
+        snapshot_entries: args.snapshot_entries,
         cells: Vec::new(),
         elections: None,
     };
@@ -92,7 +93,7 @@ fn run_local(
     );
     for (i, &(servers, entries, size, clients)) in cells.iter().enumerate() {
         let dir = work.join(format!("cell-{i}"));
-        let cluster = start(&dir, &exe, servers, args.fabric)?;
+        let cluster = start(&dir, &exe, servers, args)?;
         let mut cell = workload::run(servers, clients, entries, size, &|| {
             cluster.client(CLIENT_PATIENCE)
         })
@@ -115,7 +116,7 @@ fn run_local(
     }
     if args.election_trials > 0 {
         let n = args.election_servers;
-        let mut cluster = start(&work.join("elections"), &exe, n, args.fabric)?;
+        let mut cluster = start(&work.join("elections"), &exe, n, args)?;
         let trials = args.election_trials;
         let result = election::run(&mut cluster, n, trials, &mut |t, trial| {
             if t % 10 == 0 || t == trials {
@@ -168,14 +169,17 @@ fn run_remote(args: &BenchArgs, path: &std::path::Path, report: &mut Report) -> 
     Ok(())
 }
 
-/// A local cluster of `n` nodes, all started, with a leader.
+/// A local cluster of `n` nodes as `args` configure them, all started, with a leader.
 fn start(
     dir: &std::path::Path,
     exe: &std::path::Path,
     n: u32,
-    fabric: Fabric,
+    args: &BenchArgs,
 ) -> anyhow::Result<LocalCluster> {
-    let mut cluster = LocalCluster::create(dir, exe, n, n, fabric)?;
+    let mut cluster = LocalCluster::create(dir, exe, n, n, args.fabric)?;
+    if let Some(every) = args.snapshot_entries {
+        cluster.set_raft("snapshot_entries", &every.to_string())?;
+    }
     for id in 1..=n {
         cluster.start(id)?;
     }

@@ -57,6 +57,8 @@ pub struct Report {
     pub machine: Machine,
     /// The build profile of the `weft` binary (`release` or `debug`).
     pub build: &'static str,
+    /// The `snapshot_entries` the local clusters ran with, if not the default.
+    pub snapshot_entries: Option<u64>,
     /// The write matrix, one entry per cell.
     pub cells: Vec<CellResult>,
     /// The election trials, if run.
@@ -178,10 +180,12 @@ impl Report {
             "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>weft bench</title>\
              <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}\
              pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head><body>\
-             <h1>weft bench</h1><p>Transport: <b>{}</b>; build: {}; machine: {} ({} CPUs, \
-             {} GiB, Linux {}).</p><h2>Writes</h2><pre>{}</pre>",
+             <h1>weft bench</h1><p>Transport: <b>{}</b>; build: {}; snapshots every {} \
+             entries; machine: {} ({} CPUs, {} GiB, Linux {}).</p><h2>Writes</h2><pre>{}</pre>",
             esc(&self.transport),
             self.build,
+            self.snapshot_entries
+                .map_or("(default)".to_string(), |n| n.to_string()),
             esc(&m.cpu),
             m.cpus,
             m.memory_gib,
