@@ -72,6 +72,8 @@ fn a_small_matrix_and_election_trials_on_local_clusters() {
         "3",
         "--election-servers",
         "3",
+        "--snapshot-entries",
+        "50",
         "--out",
         dir,
     ])
