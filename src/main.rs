@@ -8,6 +8,7 @@
 mod cli;
 mod demo;
 mod echo;
+mod fedavg_cmd;
 mod kv_cmd;
 mod latency;
 mod learn_cmd;
@@ -71,6 +72,8 @@ fn error_chain(err: &anyhow::Error) -> String {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Fedavg(args) => fedavg_cmd::run(args),
+        Command::FedavgParticipant(args) => fedavg_cmd::run_participant(args),
         Command::Node(args) => node_cmd::run(args),
         Command::Kv(args) => kv_cmd::run_kv(args),
         Command::Status(args) => kv_cmd::run_status(args),
