@@ -114,13 +114,8 @@ pub fn run(args: &FedavgArgs) -> anyhow::Result<()> {
     )?;
     let settings = dir.join("fedavg.toml");
     fs::write(&settings, toml::to_string(&cfg)?)?;
-    for id in 1..=cfg.nodes {
-        cluster.start(id)?;
-    }
     let started = Instant::now();
-    let (leader, term) = cluster
-        .leader(Duration::from_secs(15))
-        .ok_or_else(|| anyhow!("no leader within 15 s; logs are in {}", dir.display()))?;
+    let (leader, term) = cluster.start_all(Duration::from_secs(15))?;
     println!(
         "fedavg: {} nodes up in {}, leader node {leader} (term {term}); starting a participant beside each",
         cfg.nodes,

@@ -144,6 +144,22 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts every node and waits up to `within` for one of them to lead; the leader and
+    /// its term.
+    pub fn start_all(&mut self, within: Duration) -> anyhow::Result<(u32, u64)> {
+        let ids: Vec<u32> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.start(id)?;
+        }
+        self.leader(within).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no leader within {} s; node logs are in {}",
+                within.as_secs(),
+                self.dir.display()
+            )
+        })
+    }
+
     /// Starts `weft ARGS...` as the helper process `name` (logs go to `NAME.log` in the
     /// cluster's directory); it is killed with the cluster.
     pub fn start_helper(&mut self, name: &str, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
