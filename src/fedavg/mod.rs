@@ -44,7 +44,7 @@ pub struct FedAvgConfig {
     /// SGD learning rate.
     pub lr: f64,
     /// The aggregator hands leadership to the next node after every this many rounds it
-    /// finalized (0: never).
+    /// finalized (0: never; a single node keeps it).
     pub rotate_every: u64,
     /// Share of the data set held out for testing (never trained on).
     pub test_fraction: f64,

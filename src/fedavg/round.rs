@@ -453,7 +453,7 @@ impl Member {
             rec.rejected.len()
         );
         let every = self.cfg.rotate_every;
-        if every > 0 && round % every == 0 && round < self.cfg.rounds {
+        if every > 0 && round % every == 0 && round < self.cfg.rounds && n > 1 {
             let successor = node % n + 1;
             match self.kv.transfer_leader(NodeId(successor)) {
                 Ok(()) => {
