@@ -14,7 +14,7 @@ const COMMAND_TREE: &str = "\
 Command tree:
   weft demo             a 3-node cluster in separate processes, a workload, a leader crash
   weft fedavg           federated learning with a rotating, Raft-elected aggregator
-  weft fedavg-participant  one participant of a federated run, beside its node
+                        (it runs a `weft fedavg-participant` beside each node)
   weft node             run one cluster member (durable log, transport, client service)
   weft kv               get, put, del, cas, all against a running cluster
   weft status           every node's role, term, leader, commit and rates
