@@ -14,6 +14,8 @@ const COMMAND_TREE: &str = "\
 Command tree:
   weft demo             a 3-node cluster in separate processes, a workload, a leader crash
   weft bench            rafty's benchmark matrix and election speed, as HTML + JSON
+  weft fedavg           federated learning with a rotating, Raft-elected aggregator
+                        (it runs a `weft fedavg-participant` beside each node)
   weft node             run one cluster member (durable log, transport, client service)
   weft kv               get, put, del, cas, all against a running cluster
   weft status           every node's role, term, leader, commit and rates
@@ -50,6 +52,13 @@ pub enum Command {
     /// clusters (or a running one), then election speed; writes report.html and
     /// report.json and prints a summary table.
     Bench(BenchArgs),
+    /// Federated learning on a loopback cluster: every node trains on a private shard of
+    /// the digits data set, the Raft leader aggregates updates encrypted to its fresh key,
+    /// leadership rotates, and each round's accuracy is compared with central training.
+    Fedavg(FedavgArgs),
+    /// Take part in a federated run beside one node until its last round is committed
+    /// (`weft fedavg` starts one per node).
+    FedavgParticipant(FedavgParticipantArgs),
     /// Run one cluster member until killed: its durable log, transport and client service.
     Node(RunNodeArgs),
     /// Read and write the replicated dictionary.
@@ -253,6 +262,65 @@ pub struct BenchArgs {
     /// Directory for report.html and report.json.
     #[arg(long, value_name = "DIR", default_value = "weft-bench-report")]
     pub out: PathBuf,
+}
+
+/// Arguments of `weft fedavg`.
+#[derive(Debug, Args)]
+pub struct FedavgArgs {
+    /// Nodes, each with its own shard and participant (at least 3 with `--crash-round`).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub nodes: u32,
+    /// Rounds of federated averaging.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
+    /// Local epochs per round (the centralized baseline gets as many over all the data).
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Minibatch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.3)]
+    pub lr: f64,
+    /// Hidden units (0: softmax regression).
+    #[arg(long, default_value_t = 32)]
+    pub hidden: usize,
+    /// Hand leadership to the next node after every this many rounds (0: never).
+    #[arg(long, default_value_t = 2)]
+    pub rotate_every: u64,
+    /// Seed of the data split, the initial model and the local shuffles.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// SIGKILL the aggregator's node and participant in the middle of this round (or of
+    /// the first later round caught in the middle), then restart them.
+    #[arg(long, value_name = "ROUND")]
+    pub crash_round: Option<u64>,
+    /// Write the per-round figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_s: u64,
+    /// Keep the cluster's data and logs (in the system temp directory) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// The fabric the cluster runs on.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub fabric: Fabric,
+}
+
+/// Arguments of `weft fedavg-participant`.
+#[derive(Debug, Args)]
+pub struct FedavgParticipantArgs {
+    /// The cluster config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub cluster: PathBuf,
+    /// The federated run's settings (TOML, as `weft fedavg` writes them).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The node this participant sits beside (its shard is that node's).
+    #[arg(long, value_name = "N", value_parser = parse_node_id)]
+    pub node: NodeId,
 }
 
 /// Arguments of `weft node`.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -45,13 +45,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         },
         dir.display()
     );
-    for id in 1..=3 {
-        cluster.start(id)?;
-    }
     let started = Instant::now();
-    let (leader, term) = cluster
-        .leader(Duration::from_secs(15))
-        .ok_or_else(|| anyhow!("no leader within 15 s; node logs are in {}", dir.display()))?;
+    let (leader, term) = cluster.start_all(Duration::from_secs(15))?;
     println!(
         "leader elected: node {leader} (term {term}) after {} ms",
         started.elapsed().as_millis()

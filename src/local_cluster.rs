@@ -1,8 +1,10 @@
 //! A cluster of `weft node` processes on loopback, for the demo and for process-level fault
 //! tests: it writes a config (UDP with the reliable, fifo and auth layers and a fresh key,
 //! or a Data Vortex fabric served by a `weft vortex-switch` process it starts), starts,
-//! kills (SIGKILL) and restarts nodes, and finds the leader. Every process it started is
-//! killed when it is dropped, so a failing run leaves nothing behind.
+//! kills (SIGKILL) and restarts nodes, and finds the leader. It also runs named helper
+//! processes beside the nodes (the participants of `weft fedavg`), the same way. Every
+//! process it started is killed when it is dropped, so a failing run leaves nothing
+//! behind.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,6 +33,7 @@ pub struct LocalCluster {
     procs: BTreeMap<u32, Child>,
     clients: BTreeMap<u32, SocketAddr>,
     switch: Option<Child>,
+    helpers: BTreeMap<String, Child>,
 }
 
 fn free_udp() -> std::io::Result<SocketAddr> {
@@ -111,6 +114,7 @@ impl LocalCluster {
             procs: BTreeMap::new(),
             clients,
             switch,
+            helpers: BTreeMap::new(),
         })
     }
 
@@ -160,24 +164,76 @@ impl LocalCluster {
         self.clients[&id]
     }
 
+    /// The directory holding the config, the data and every process's log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Starts node `id` (logs go to `node-ID.log` in the cluster's directory).
     pub fn start(&mut self, id: u32) -> anyhow::Result<()> {
+        let mut args = vec!["node".into(), "--config".into(), self.config.clone().into()];
+        args.extend(["--id".into(), id.to_string().into()]);
+        let child = self
+            .spawn(&format!("node-{id}"), &args)
+            .with_context(|| format!("starting node {id}"))?;
+        self.procs.insert(id, child);
+        Ok(())
+    }
+
+    /// Starts every node and waits up to `within` for one of them to lead; the leader and
+    /// its term.
+    pub fn start_all(&mut self, within: Duration) -> anyhow::Result<(u32, u64)> {
+        let ids: Vec<u32> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.start(id)?;
+        }
+        self.leader(within).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no leader within {} s; node logs are in {}",
+                within.as_secs(),
+                self.dir.display()
+            )
+        })
+    }
+
+    /// Starts `weft ARGS...` as the helper process `name` (logs go to `NAME.log` in the
+    /// cluster's directory); it is killed with the cluster.
+    pub fn start_helper(&mut self, name: &str, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+        let child = self
+            .spawn(name, args)
+            .with_context(|| format!("starting {name}"))?;
+        self.helpers.insert(name.to_string(), child);
+        Ok(())
+    }
+
+    /// Kills the helper `name` with SIGKILL.
+    pub fn kill_helper(&mut self, name: &str) {
+        if let Some(mut c) = self.helpers.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The exit status of helper `name` if it has exited (it is then forgotten).
+    pub fn helper_exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let status = self.helpers.get_mut(name)?.try_wait().ok()??;
+        self.helpers.remove(name);
+        Some(status)
+    }
+
+    /// Runs the `weft` executable with `args`, its output appended to `NAME.log`.
+    fn spawn(&self, name: &str, args: &[std::ffi::OsString]) -> anyhow::Result<Child> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("node-{id}.log")))?;
-        let child = Command::new(&self.exe)
-            .args(["node", "--config"])
-            .arg(&self.config)
-            .args(["--id", &id.to_string()])
+            .open(self.dir.join(format!("{name}.log")))?;
+        Ok(Command::new(&self.exe)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
-        self.procs.insert(id, child);
-        Ok(())
+            .spawn()?)
     }
 
     /// Kills node `id` with SIGKILL: no clean shutdown, only what it fsynced survives.
@@ -205,7 +261,12 @@ impl LocalCluster {
 
     /// What node `id` logged so far.
     pub fn log(&self, id: u32) -> String {
-        fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default()
+        self.log_of(&format!("node-{id}"))
+    }
+
+    /// What the process `name` (`node-ID` or a helper's name) logged so far.
+    pub fn log_of(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
 
     /// Whether node `id` is running (as far as this harness knows).
@@ -277,6 +338,10 @@ fn start_switch(exe: &Path, socket: &Path, dir: &Path) -> anyhow::Result<Child> 
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        let helpers: Vec<String> = self.helpers.keys().cloned().collect();
+        for name in helpers {
+            self.kill_helper(&name);
+        }
         let ids: Vec<u32> = self.procs.keys().copied().collect();
         for id in ids {
             self.kill(id);

@@ -9,6 +9,7 @@ mod bench_cmd;
 mod cli;
 mod demo;
 mod echo;
+mod fedavg_cmd;
 mod kv_cmd;
 mod latency;
 mod learn_cmd;
@@ -73,6 +74,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Fedavg(args) => fedavg_cmd::run(args),
+        Command::FedavgParticipant(args) => fedavg_cmd::run_participant(args),
         Command::Node(args) => node_cmd::run(args),
         Command::Kv(args) => kv_cmd::run_kv(args),
         Command::Status(args) => kv_cmd::run_status(args),
