@@ -26,6 +26,7 @@ pub mod frame;
 pub mod layer;
 mod node;
 mod open;
+pub mod rx_timestamp;
 mod stats;
 mod transport_config;
 
