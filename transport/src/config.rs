@@ -40,15 +40,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::backend::ptp;
+use crate::frame::HEADER_LEN;
+
 use crate::{
     BackendConfig, Capability, ClusterKey, ConfigError, LayerKind, LayerTuning, MemConfig, NodeId,
-    NodeSpec, RdmaConfig, TransportConfig, UdpConfig, VortexConfig,
+    NodeSpec, PtpConfig, RdmaConfig, TransportConfig, UdpConfig, VortexConfig,
 };
 
 /// Backend kinds this build can open.
-const AVAILABLE_KINDS: [&str; 4] = ["mem", "udp", "vortex", "rdma"];
-/// Backend kinds weft knows but this build does not contain yet.
-const PLANNED_KINDS: [&str; 1] = ["ptp"];
+const AVAILABLE_KINDS: [&str; 5] = ["mem", "udp", "vortex", "rdma", "ptp"];
 
 /// Default `transport.max_message`: 1 MiB.
 const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
@@ -232,6 +233,8 @@ struct RawTransport {
     #[serde(default)]
     rdma: Option<RdmaConfig>,
     #[serde(default)]
+    ptp: Option<PtpConfig>,
+    #[serde(default)]
     reliable: Option<RawTuning>,
 }
 
@@ -319,6 +322,8 @@ impl Validator<'_> {
         self.vortex(&vortex)?;
         let rdma = transport.rdma.unwrap_or_default();
         self.rdma(&rdma)?;
+        let ptp = transport.ptp.unwrap_or_default();
+        self.ptp(&ptp)?;
         if kind == Kind::Rdma && rdma.device != "emulated" {
             self.handshake_addrs(&cluster.nodes, &nodes)?;
         }
@@ -327,6 +332,7 @@ impl Validator<'_> {
             Kind::Udp => BackendConfig::Udp(udp),
             Kind::Vortex => BackendConfig::Vortex(vortex),
             Kind::Rdma => BackendConfig::Rdma(rdma),
+            Kind::Ptp => BackendConfig::Ptp(ptp),
         };
 
         if transport.max_message == 0 || transport.max_message > MAX_MAX_MESSAGE {
@@ -399,21 +405,13 @@ impl Validator<'_> {
             "udp" => Ok(Kind::Udp),
             "vortex" => Ok(Kind::Vortex),
             "rdma" => Ok(Kind::Rdma),
-            k if PLANNED_KINDS.contains(&k) => Err(self.invalid(
-                "transport.kind",
-                format!(
-                    "`{k}` is a known fabric but is not available in this build of weft yet; \
-                     available kinds: {}",
-                    AVAILABLE_KINDS.join(", ")
-                ),
-            )),
+            "ptp" => Ok(Kind::Ptp),
             k => Err(self.invalid(
                 "transport.kind",
                 format!(
-                    "unknown transport kind `{}`; known kinds: {} (not yet in this build: {})",
+                    "unknown transport kind `{}`; known kinds: {}",
                     k.escape_debug(),
                     AVAILABLE_KINDS.join(", "),
-                    PLANNED_KINDS.join(", ")
                 ),
             )),
         }
@@ -450,16 +448,16 @@ impl Validator<'_> {
                         ),
                     )
                 })?,
-                None if kind == Kind::Udp => {
+                None if kind.datagrams() => {
                     return Err(self.invalid(
                         format!("cluster.nodes[{i}].addr"),
-                        "missing: udp members need the address their socket binds to",
+                        "missing: udp and ptp members need the address their socket binds to",
                     ))
                 }
                 None => SocketAddr::from(([127, 0, 0, 1], 0)),
             };
             if let Some(first) = addrs.insert(addr, i) {
-                if kind == Kind::Udp {
+                if kind.datagrams() {
                     return Err(self.invalid(
                         format!("cluster.nodes[{i}].addr"),
                         format!(
@@ -493,6 +491,41 @@ impl Validator<'_> {
                 format!(
                     "{} is not a multiple of 8 between 4096 and 1073741824",
                     r.ring_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn ptp(&self, p: &PtpConfig) -> Result<(), ConfigError> {
+        if p.clock != "system" && !p.clock.starts_with("/dev/") {
+            return Err(self.invalid(
+                "transport.ptp.clock",
+                format!(
+                    "`{}`: use \"system\" or the path of a PTP hardware clock (/dev/ptpN)",
+                    p.clock.escape_debug()
+                ),
+            ));
+        }
+        if p.delta_min_us == 0 || p.delta_min_us > p.delta_max_us || p.delta_max_us > 1_000_000 {
+            return Err(self.invalid(
+                "transport.ptp.delta_min_us",
+                format!(
+                    "need 0 < delta_min_us ({}) <= delta_max_us ({}) <= 1000000",
+                    p.delta_min_us, p.delta_max_us
+                ),
+            ));
+        }
+        if p.sync_interval_ms == 0 {
+            return Err(self.invalid("transport.ptp.sync_interval_ms", "must be positive"));
+        }
+        if p.max_datagram <= HEADER_LEN + ptp::OVERHEAD || p.max_datagram > MAX_UDP_PAYLOAD {
+            return Err(self.invalid(
+                "transport.ptp.max_datagram",
+                format!(
+                    "{} is outside {}..={MAX_UDP_PAYLOAD}",
+                    p.max_datagram,
+                    HEADER_LEN + ptp::OVERHEAD + 1
                 ),
             ));
         }
@@ -686,7 +719,7 @@ impl Validator<'_> {
                 "transport.layers includes `auth`, which needs a cluster key"
             }
             // UDP cannot vouch for a sender, so `authenticated_source` means the auth layer.
-            None if kind == Kind::Udp && require.contains(&Capability::AuthenticatedSource) => {
+            None if kind.datagrams() && require.contains(&Capability::AuthenticatedSource) => {
                 "transport.require includes `authenticated_source`, which over udp needs the \
                  auth layer and so a cluster key"
             }
@@ -706,6 +739,15 @@ enum Kind {
     Udp,
     Vortex,
     Rdma,
+    Ptp,
+}
+
+impl Kind {
+    /// Whether members are reached at their `addr` by datagrams (which must then be given
+    /// and distinct).
+    fn datagrams(self) -> bool {
+        matches!(self, Kind::Udp | Kind::Ptp)
+    }
 }
 
 /// Decodes a key file: ASCII hex digits, whitespace ignored, lines whose first
@@ -1060,11 +1102,24 @@ partitions = [[1, 2], [3]]
     #[test]
     fn transport_errors() {
         let no_key = udp_without_key();
-        assert_invalid(
-            parse(&no_key.replace("kind = \"udp\"", "kind = \"ptp\"")),
-            "transport.kind",
-            "not available in this build",
-        );
+        let ptp = no_key.replace("kind = \"udp\"", "kind = \"ptp\"");
+        let cfg = parse(&ptp).expect("ptp loads with its defaults");
+        assert!(matches!(
+            cfg.transport_for(NodeId(1)).unwrap().backend,
+            BackendConfig::Ptp(_)
+        ));
+        for (table, key) in [
+            ("clock = \"gps\"", "transport.ptp.clock"),
+            ("delta_min_us = 9000", "transport.ptp.delta_min_us"),
+            ("sync_interval_ms = 0", "transport.ptp.sync_interval_ms"),
+            ("max_datagram = 20", "transport.ptp.max_datagram"),
+        ] {
+            assert_invalid(
+                parse(&format!("{ptp}\n[transport.ptp]\n{table}\n")),
+                key,
+                "",
+            );
+        }
         assert_invalid(
             parse(&no_key.replace("kind = \"udp\"", "kind = \"tcp\"")),
             "transport.kind",

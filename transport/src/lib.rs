@@ -37,8 +37,8 @@ pub use node::{Delivery, Dest, NodeId};
 pub use open::{open, plan_layers};
 pub use stats::{Counters, Stats};
 pub use transport_config::{
-    BackendConfig, ClusterKey, Completion, LayerKind, LayerTuning, MemConfig, NodeSpec, RdmaConfig,
-    TransportConfig, UdpConfig, VortexConfig,
+    BackendConfig, ClusterKey, Completion, LayerKind, LayerTuning, MemConfig, NodeSpec, PtpConfig,
+    RdmaConfig, TransportConfig, UdpConfig, VortexConfig,
 };
 
 use bytes::Bytes;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::backend::rdma::{device, verbs, EmulatedFabric, RdmaTransport, SleepWait};
-use crate::backend::{mem::MemFabric, udp, vortex::VortexTransport};
+use crate::backend::{mem::MemFabric, ptp::PtpTransport, udp, vortex::VortexTransport};
 use crate::layer::{LayeredTransport, StackBuilder};
 use crate::{
     BackendConfig, Capabilities, Capability, Counters, LayerKind, OpenError, Transport,
@@ -35,6 +35,9 @@ pub fn open(cfg: &TransportConfig) -> Result<Box<dyn Transport>, OpenError> {
             v,
             Arc::new(Counters::default()),
         )?),
+        BackendConfig::Ptp(p) => {
+            Box::new(PtpTransport::open(cfg, p, Arc::new(Counters::default()))?)
+        }
         BackendConfig::Rdma(r) if r.device == "emulated" => {
             let fabric = EmulatedFabric::shared(cfg.cluster_id);
             let conns = fabric.connect(cfg.local, &cfg.peer_ids(), r.ring_bytes)?;

@@ -65,6 +65,9 @@ counters! {
     fault_dropped,
     /// Frames received through the fast path.
     fast_path_hits,
+    /// Messages that missed their place in the deadline order and were delivered on the
+    /// ordinary path (`ptp`).
+    late_deliveries,
 }
 
 impl Counters {

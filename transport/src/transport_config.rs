@@ -96,6 +96,8 @@ pub enum BackendConfig {
     Vortex(VortexConfig),
     /// RDMA reliable-connected queue pairs with ring buffers (emulated verbs, or a NIC).
     Rdma(RdmaConfig),
+    /// UDP between PTP-synchronized clocks, delivered in deadline order.
+    Ptp(PtpConfig),
 }
 
 impl BackendConfig {
@@ -106,6 +108,7 @@ impl BackendConfig {
             BackendConfig::Udp(_) => "udp",
             BackendConfig::Vortex(_) => "vortex",
             BackendConfig::Rdma(_) => "rdma",
+            BackendConfig::Ptp(_) => "ptp",
         }
     }
 }
@@ -159,6 +162,43 @@ pub struct UdpConfig {
 impl Default for UdpConfig {
     fn default() -> Self {
         UdpConfig {
+            max_datagram: 1472,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// Settings of the `ptp` backend: datagrams as over `udp`, stamped with a deadline on a
+/// clock every member shares within `epsilon_us`, and released in deadline order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtpConfig {
+    /// The clock: `"system"` (the system clock, disciplined by `ptp4l` + `phc2sys`) or
+    /// the path of a PTP hardware clock (`"/dev/ptp0"`, disciplined by `ptp4l`).
+    pub clock: String,
+    /// The bound on how far two members' clocks may read apart, in µs (`ptp4l` reports
+    /// the offsets to choose it from); measured offsets beyond it withdraw `total_order`.
+    pub epsilon_us: u64,
+    /// Smallest Δ (deadline minus send time), in µs.
+    pub delta_min_us: u64,
+    /// Largest Δ, in µs: the value used until enough one-way delays were measured.
+    pub delta_max_us: u64,
+    /// Period of the two-way time transfers that measure each peer's offset, in ms.
+    pub sync_interval_ms: u64,
+    /// Largest datagram sent, headers included.
+    pub max_datagram: usize,
+    /// Requested kernel socket buffer size (send and receive), in bytes.
+    pub socket_buffer: usize,
+}
+
+impl Default for PtpConfig {
+    fn default() -> Self {
+        PtpConfig {
+            clock: "system".into(),
+            epsilon_us: 100,
+            delta_min_us: 200,
+            delta_max_us: 5_000,
+            sync_interval_ms: 100,
             max_datagram: 1472,
             socket_buffer: 4 << 20,
         }

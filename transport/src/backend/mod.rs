@@ -2,6 +2,7 @@
 //! capabilities its fabric gives natively; [`crate::open`] puts layers on top for the rest.
 
 pub mod mem;
+pub mod ptp;
 pub mod rdma;
 pub mod udp;
 pub mod vortex;

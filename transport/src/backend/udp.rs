@@ -49,7 +49,7 @@ thread_local! {
 
 /// Binds a UDP socket at `addr` with `buffer` bytes of kernel buffer requested each way.
 /// A bind failure names the address, since that is what the user has to change.
-fn bind(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, OpenError> {
+pub(crate) fn bind(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, OpenError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"));
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -318,32 +318,19 @@ impl RxLoop {
 
     /// Validates one datagram and delivers it. Returns `false` once the inbox is gone.
     fn handle(&self, datagram: &[u8], from_addr: SocketAddr) -> bool {
-        Counters::bump(&self.counters.frames_received);
-        let (header, payload) = match frame::decode_for(self.cluster, datagram) {
-            Ok(ok) => ok,
-            Err(e @ DecodeError::WrongCluster { .. }) => {
-                Counters::bump(&self.counters.rejected_wrong_cluster);
-                tracing::debug!(node = %self.local, %from_addr, error = %e, "udp frame rejected");
-                return true;
-            }
-            Err(e) => {
-                Counters::bump(&self.counters.rejected_malformed);
-                tracing::debug!(node = %self.local, %from_addr, error = %e, "udp frame rejected");
-                return true;
-            }
-        };
-        if header.source == self.local || self.peers.binary_search(&header.source).is_err() {
-            Counters::bump(&self.counters.rejected_unknown_source);
-            tracing::debug!(
-                node = %self.local,
-                %from_addr,
-                source = %header.source,
-                "udp frame rejected: source is not a peer"
-            );
+        let Some((from, payload)) = accept(
+            self.cluster,
+            self.local,
+            &self.peers,
+            &self.counters,
+            datagram,
+            from_addr,
+            false,
+        ) else {
             return true;
-        }
+        };
         let delivery = Delivery {
-            from: header.source,
+            from,
             epoch: 0,
             bytes: Bytes::copy_from_slice(payload),
         };
@@ -351,6 +338,45 @@ impl RxLoop {
         Counters::bump(&self.counters.delivered);
         self.tx.send(delivery).is_ok()
     }
+}
+
+/// Checks one datagram received by `local` of `cluster`: a well-formed frame of this
+/// cluster from one of `peers` (ascending), or from `local` itself if `self_ok`. Returns
+/// its source and payload, or counts and logs why it was rejected.
+pub(crate) fn accept<'a>(
+    cluster: u64,
+    local: NodeId,
+    peers: &[NodeId],
+    counters: &Counters,
+    datagram: &'a [u8],
+    from_addr: SocketAddr,
+    self_ok: bool,
+) -> Option<(NodeId, &'a [u8])> {
+    Counters::bump(&counters.frames_received);
+    let (header, payload) = match frame::decode_for(cluster, datagram) {
+        Ok(ok) => ok,
+        Err(e) => {
+            let counter = match e {
+                DecodeError::WrongCluster { .. } => &counters.rejected_wrong_cluster,
+                _ => &counters.rejected_malformed,
+            };
+            Counters::bump(counter);
+            tracing::debug!(node = %local, %from_addr, error = %e, "udp frame rejected");
+            return None;
+        }
+    };
+    let known = (self_ok || header.source != local) && peers.binary_search(&header.source).is_ok();
+    if !known {
+        Counters::bump(&counters.rejected_unknown_source);
+        tracing::debug!(
+            node = %local,
+            %from_addr,
+            source = %header.source,
+            "udp frame rejected: source is not a peer"
+        );
+        return None;
+    }
+    Some((header.source, payload))
 }
 
 #[cfg(test)]

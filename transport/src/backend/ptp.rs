@@ -1,0 +1,459 @@
+//! The `ptp` backend: UDP between members whose clocks IEEE 1588 keeps within `ε`, with
+//! one delivery order at every receiver and no sequencer ([`crate::deadline`]).
+//!
+//! A message is stamped once — deadline = send time + Δ on the local clock, sender,
+//! sequence number — and the same frame goes to every recipient of a multicast, so every
+//! copy has the same place in the order. The receive thread takes each datagram's kernel
+//! timestamp (`SO_TIMESTAMPING`, [`crate::rx_timestamp`]; software timestamps for the
+//! system clock, NIC timestamps for a PTP hardware clock), holds the message until its
+//! clock passes deadline + ε, and releases held messages in (deadline, sender, sequence)
+//! order. A message that arrives after its release time is delivered at once, counted in
+//! `late_deliveries`, and never slotted into the order. Δ follows the measured one-way
+//! delays within the configured bounds.
+//!
+//! Every `sync_interval_ms` the thread runs a two-way time transfer with each peer
+//! ([`Exchange`]) and keeps the offsets in a [`ClockMonitor`]; an offset beyond ε withdraws
+//! `total_order` from the capabilities (logged), so a guarantee the clocks cannot back is
+//! never claimed. A message to the local node goes through the socket too, so it takes its
+//! place in the same order.
+//!
+//! Like `udp`, the fabric may lose, duplicate or reorder datagrams: the `fifo` and
+//! `reliable` layers stack on top as `require` asks.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::backend::udp;
+use crate::clock::{Clock, PhcClock, SystemClock};
+use crate::deadline::{
+    AdaptiveDelta, Arrival, ClockMonitor, DeadlineReceiver, DeadlineSender, Exchange, Stamp,
+};
+use crate::frame::{self, FrameHeader, HEADER_LEN};
+use crate::rx_timestamp::{self, Source};
+use crate::{
+    Capabilities, Counters, Delivery, NodeId, OpenError, PtpConfig, Stats, Transport,
+    TransportConfig, TransportError,
+};
+
+/// Bytes the backend adds to each message inside the frame: kind, deadline, send time,
+/// sequence number.
+pub const OVERHEAD: usize = 1 + 8 + 8 + 8;
+
+const DATA: u8 = 0;
+const SYNC_REQUEST: u8 = 1;
+const SYNC_REPLY: u8 = 2;
+
+/// Longest the receive thread blocks, so releases and time transfers stay on time.
+const MAX_BLOCK: Duration = Duration::from_millis(1);
+/// Shortest read timeout (the kernel rounds smaller ones anyway).
+const MIN_BLOCK: Duration = Duration::from_micros(20);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn micros(us: u64) -> Duration {
+    Duration::from_micros(us)
+}
+
+/// A member's endpoint on a PTP-synchronized Ethernet.
+pub struct PtpTransport {
+    local: NodeId,
+    peers: Vec<NodeId>,
+    shared: Arc<Shared>,
+    ordered_caps: Capabilities,
+    unordered_caps: Capabilities,
+    inbox: Receiver<Delivery>,
+    rx_thread: Option<JoinHandle<()>>,
+}
+
+/// What the sending callers and the receive thread share.
+struct Shared {
+    local: NodeId,
+    cluster: u64,
+    socket: UdpSocket,
+    addrs: HashMap<NodeId, SocketAddr>,
+    clock: Arc<dyn Clock>,
+    stamper: Mutex<DeadlineSender>,
+    delta: Mutex<AdaptiveDelta>,
+    monitor: Mutex<ClockMonitor>,
+    ordered: AtomicBool,
+    counters: Arc<Counters>,
+    shutdown: AtomicBool,
+}
+
+impl PtpTransport {
+    /// Opens the clock `ptp.clock` names and binds the local member's address.
+    pub fn open(
+        cfg: &TransportConfig,
+        ptp: &PtpConfig,
+        counters: Arc<Counters>,
+    ) -> Result<PtpTransport, OpenError> {
+        let epsilon = micros(ptp.epsilon_us);
+        let (clock, stamps): (Arc<dyn Clock>, _) = match ptp.clock.as_str() {
+            "system" => (Arc::new(SystemClock { epsilon }), Some(Source::Software)),
+            device => {
+                let phc = PhcClock::open(device.as_ref(), epsilon).map_err(|reason| {
+                    OpenError::Fabric {
+                        fabric: format!("ptp clock {device}"),
+                        reason,
+                    }
+                })?;
+                (Arc::new(phc), Some(Source::Hardware))
+            }
+        };
+        PtpTransport::with_clock(cfg, ptp, clock, stamps, counters)
+    }
+
+    /// Opens on `clock` (tests pass simulated ones). Kernel timestamps of kind `stamps`
+    /// are taken on the same clock as `clock`, so they stand for arrival times; `None`
+    /// reads `clock` on arrival instead.
+    pub fn with_clock(
+        cfg: &TransportConfig,
+        ptp: &PtpConfig,
+        clock: Arc<dyn Clock>,
+        stamps: Option<Source>,
+        counters: Arc<Counters>,
+    ) -> Result<PtpTransport, OpenError> {
+        let addrs: HashMap<NodeId, SocketAddr> = cfg.nodes.iter().map(|n| (n.id, n.addr)).collect();
+        let bind_addr = *addrs
+            .get(&cfg.local)
+            .ok_or(OpenError::NotAMember(cfg.local))?;
+        let socket = udp::bind(bind_addr, ptp.socket_buffer)?;
+        if let Some(source) = stamps {
+            rx_timestamp::enable(&socket, source)?;
+        }
+        let epsilon = clock.epsilon();
+        let delta = AdaptiveDelta::new(micros(ptp.delta_min_us), micros(ptp.delta_max_us), epsilon);
+        let shared = Arc::new(Shared {
+            local: cfg.local,
+            cluster: cfg.cluster_id,
+            socket,
+            addrs,
+            clock,
+            stamper: Mutex::new(DeadlineSender::new(cfg.local)),
+            delta: Mutex::new(delta),
+            monitor: Mutex::new(ClockMonitor::new(epsilon)),
+            ordered: AtomicBool::new(true),
+            counters,
+            shutdown: AtomicBool::new(false),
+        });
+        let mut members: Vec<NodeId> = cfg.nodes.iter().map(|n| n.id).collect();
+        members.sort();
+        let (tx, inbox) = crossbeam_channel::unbounded();
+        let rx = RxLoop {
+            shared: shared.clone(),
+            members,
+            tx,
+            receiver: DeadlineReceiver::new(epsilon),
+            sync_every: Duration::from_millis(ptp.sync_interval_ms),
+            stamps,
+        };
+        let rx_thread = std::thread::Builder::new()
+            .name(format!("weft-ptp-rx-{}", cfg.local))
+            .spawn(move || rx.run())?;
+        let unordered_caps = Capabilities {
+            synchronized_clock: Some(epsilon),
+            max_message: ptp.max_datagram - HEADER_LEN - OVERHEAD,
+            ..Capabilities::default()
+        };
+        Ok(PtpTransport {
+            local: cfg.local,
+            peers: cfg.peer_ids(),
+            ordered_caps: Capabilities {
+                total_order: true,
+                ..unordered_caps.clone()
+            },
+            unordered_caps,
+            shared,
+            inbox,
+            rx_thread: Some(rx_thread),
+        })
+    }
+
+    /// The measured (offset, round-trip delay) to `peer` in ns, once a time transfer with
+    /// it completed: what `weft status` shows.
+    pub fn clock_offset(&self, peer: NodeId) -> Option<(i64, i64)> {
+        lock(&self.shared.monitor).of(peer)
+    }
+
+    /// The Δ new messages are stamped with now.
+    pub fn delta(&self) -> Duration {
+        lock(&self.shared.delta).current()
+    }
+}
+
+impl Shared {
+    /// Frames `body` (kind byte and fields already in it) and sends it to each of `to`.
+    fn send_frame(&self, to: &[NodeId], body: &[u8]) -> Result<(), TransportError> {
+        let frame = frame::encode(&FrameHeader::data(self.cluster, self.local), body);
+        for id in to {
+            let addr = self.addrs.get(id).ok_or(TransportError::UnknownPeer(*id))?;
+            self.socket.send_to(&frame, addr)?;
+            Counters::bump(&self.counters.frames_sent);
+        }
+        Ok(())
+    }
+
+    /// Stamps `msg` once and sends the same frame to every one of `to`.
+    fn send_data(&self, to: &[NodeId], msg: &[u8]) -> Result<(), TransportError> {
+        let delta = lock(&self.delta).current();
+        let stamp = lock(&self.stamper).stamp(self.clock.now_ns(), delta);
+        let mut body = Vec::with_capacity(OVERHEAD + msg.len());
+        body.push(DATA);
+        body.extend_from_slice(&stamp.deadline_ns.to_le_bytes());
+        body.extend_from_slice(&stamp.sent_ns.to_le_bytes());
+        body.extend_from_slice(&stamp.seq.to_le_bytes());
+        body.extend_from_slice(msg);
+        self.send_frame(to, &body)
+    }
+}
+
+impl Transport for PtpTransport {
+    fn local(&self) -> NodeId {
+        self.local
+    }
+
+    fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+
+    /// `total_order` while every measured clock offset is within ε.
+    fn capabilities(&self) -> &Capabilities {
+        if self.shared.ordered.load(Ordering::Acquire) {
+            &self.ordered_caps
+        } else {
+            &self.unordered_caps
+        }
+    }
+
+    /// Sends to a peer, or to the local node (delivered in the same order as the rest).
+    fn send(&self, to: NodeId, msg: Bytes) -> Result<(), TransportError> {
+        self.multicast(&[to], msg)
+    }
+
+    fn broadcast(&self, msg: Bytes) -> Result<(), TransportError> {
+        self.shared.send_data(&self.peers, &msg)
+    }
+
+    /// One stamp for every recipient, so every copy has the same place in the order.
+    fn multicast(&self, to: &[NodeId], msg: Bytes) -> Result<(), TransportError> {
+        self.unordered_caps.check_size(msg.len())?;
+        self.shared.send_data(to, &msg)
+    }
+
+    fn inbox(&self) -> &Receiver<Delivery> {
+        &self.inbox
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl Drop for PtpTransport {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Relaxed);
+        if let Some(t) = self.rx_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The receive thread's state.
+struct RxLoop {
+    shared: Arc<Shared>,
+    /// Every member, the local one included (it may send to itself), ascending.
+    members: Vec<NodeId>,
+    tx: Sender<Delivery>,
+    receiver: DeadlineReceiver<Bytes>,
+    sync_every: Duration,
+    stamps: Option<Source>,
+}
+
+/// Reads fixed-size little-endian fields off the front of a byte slice.
+fn take_i64(b: &mut &[u8]) -> Option<i64> {
+    let (head, rest) = b.split_first_chunk::<8>()?;
+    *b = rest;
+    Some(i64::from_le_bytes(*head))
+}
+
+impl RxLoop {
+    fn run(mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut next_sync = Instant::now();
+        while !self.shared.shutdown.load(Ordering::Relaxed) {
+            let now = self.shared.clock.now_ns();
+            let block = self
+                .receiver
+                .next_release_ns()
+                .map_or(MAX_BLOCK, |due| {
+                    Duration::from_nanos(due.saturating_sub(now).max(0) as u64)
+                })
+                .clamp(MIN_BLOCK, MAX_BLOCK);
+            let _ = self.shared.socket.set_read_timeout(Some(block));
+            match rx_timestamp::recv_from(&self.shared.socket, &mut buf) {
+                Ok(r) => {
+                    let arrival = match (r.stamp, self.stamps) {
+                        (Some((ns, got)), Some(want)) if got == want => ns,
+                        _ => self.shared.clock.now_ns(),
+                    };
+                    let datagram = &buf[..r.len];
+                    if !self.handle(datagram, r.from, arrival) {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    tracing::debug!(node = %self.shared.local, error = %e, "ptp recv failed");
+                    std::thread::sleep(MIN_BLOCK);
+                }
+            }
+            for (stamp, msg) in self.receiver.release(self.shared.clock.now_ns()) {
+                if !self.deliver(stamp.sender, msg) {
+                    return;
+                }
+            }
+            if Instant::now() >= next_sync {
+                next_sync = Instant::now() + self.sync_every;
+                self.sync_request();
+            }
+        }
+    }
+
+    /// Starts a two-way time transfer with every peer.
+    fn sync_request(&self) {
+        let peers: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != self.shared.local)
+            .collect();
+        let mut body = vec![SYNC_REQUEST];
+        body.extend_from_slice(&self.shared.clock.now_ns().to_le_bytes());
+        if let Err(e) = self.shared.send_frame(&peers, &body) {
+            tracing::debug!(error = %e, "ptp time transfer request not sent");
+        }
+    }
+
+    fn deliver(&self, from: NodeId, bytes: Bytes) -> bool {
+        Counters::bump(&self.shared.counters.delivered);
+        self.tx
+            .send(Delivery {
+                from,
+                epoch: 0,
+                bytes,
+            })
+            .is_ok()
+    }
+
+    /// Handles one datagram that arrived at `arrival` (local clock). Returns `false` once
+    /// the inbox is gone.
+    fn handle(&mut self, datagram: &[u8], from_addr: SocketAddr, arrival: i64) -> bool {
+        let s = &self.shared;
+        let Some((from, payload)) = udp::accept(
+            s.cluster,
+            s.local,
+            &self.members,
+            &s.counters,
+            datagram,
+            from_addr,
+            true,
+        ) else {
+            return true;
+        };
+        let Some((&kind, mut rest)) = payload.split_first() else {
+            Counters::bump(&s.counters.rejected_malformed);
+            return true;
+        };
+        match kind {
+            DATA => {
+                let fields = (
+                    take_i64(&mut rest),
+                    take_i64(&mut rest),
+                    take_i64(&mut rest),
+                );
+                let (Some(deadline_ns), Some(sent_ns), Some(seq)) = fields else {
+                    Counters::bump(&s.counters.rejected_malformed);
+                    return true;
+                };
+                let stamp = Stamp {
+                    deadline_ns,
+                    sender: from,
+                    seq: seq as u64,
+                    sent_ns,
+                };
+                if from != s.local {
+                    lock(&s.delta).observe(arrival - sent_ns);
+                }
+                match self
+                    .receiver
+                    .arrive(stamp, Bytes::copy_from_slice(rest), arrival)
+                {
+                    Arrival::Held => true,
+                    Arrival::Late(stamp, msg) => {
+                        Counters::bump(&s.counters.late_deliveries);
+                        tracing::trace!(
+                            ?stamp,
+                            arrival,
+                            "ptp message late: delivered out of order"
+                        );
+                        self.deliver(stamp.sender, msg)
+                    }
+                }
+            }
+            SYNC_REQUEST => {
+                let Some(t1) = take_i64(&mut rest) else {
+                    Counters::bump(&s.counters.rejected_malformed);
+                    return true;
+                };
+                let mut body = vec![SYNC_REPLY];
+                for t in [t1, arrival, s.clock.now_ns()] {
+                    body.extend_from_slice(&t.to_le_bytes());
+                }
+                let _ = s.send_frame(&[from], &body);
+                true
+            }
+            SYNC_REPLY => {
+                let fields = (
+                    take_i64(&mut rest),
+                    take_i64(&mut rest),
+                    take_i64(&mut rest),
+                );
+                let (Some(t1), Some(t2), Some(t3)) = fields else {
+                    Counters::bump(&s.counters.rejected_malformed);
+                    return true;
+                };
+                let x = Exchange {
+                    t1,
+                    t2,
+                    t3,
+                    t4: arrival,
+                };
+                let ok = lock(&s.monitor).record(from, x);
+                if s.ordered.swap(ok, Ordering::AcqRel) != ok && ok {
+                    tracing::info!(peer = %from, "clock offsets within epsilon again: total_order restored");
+                }
+                true
+            }
+            _ => {
+                Counters::bump(&s.counters.rejected_malformed);
+                true
+            }
+        }
+    }
+}
