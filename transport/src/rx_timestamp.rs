@@ -3,6 +3,9 @@
 //! the clock after the receiving thread wakes up, so scheduling jitter stays out of one-way
 //! delay and clock-offset measurements (the PTP backend's Δ and ε).
 //!
+//! The kernel switches timestamping on in the background, so the first datagrams after
+//! [`enable`] may arrive without a stamp; callers fall back to reading their clock.
+//!
 //! Hardware timestamps also need the NIC's timestamping switched on (`hwstamp_ctl -i IF -r 1`,
 //! or `ptp4l`, which does it); without that only software timestamps arrive, and
 //! [`recv_from`] reports which kind it got.
@@ -153,13 +156,20 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         enable(&rx, Source::Software).unwrap();
+        // The kernel turns timestamping on asynchronously: wait for the first stamp.
+        let mut buf = [0u8; 256];
+        let ready = (0..200).any(|_| {
+            tx.send_to(b"warm-up", rx.local_addr().unwrap()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            recv_from(&rx, &mut buf).unwrap().stamp.is_some()
+        });
+        assert!(ready, "no timestamp within a second of enabling");
         for i in 0..20u8 {
             let sent = now_ns();
             tx.send_to(&[i; 100], rx.local_addr().unwrap()).unwrap();
             // Read late on purpose: the kernel's stamp must predate the read.
             std::thread::sleep(std::time::Duration::from_millis(2));
             let before_read = now_ns();
-            let mut buf = [0u8; 256];
             let r = recv_from(&rx, &mut buf).unwrap();
             assert_eq!((r.len, r.from), (100, tx.local_addr().unwrap()));
             assert_eq!(buf[..100], [i; 100]);
