@@ -42,6 +42,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         match args.fabric {
             Fabric::Udp => "UDP + reliable/fifo/auth layers",
             Fabric::Vortex => "Data Vortex emulator: a switch process, no software layers",
+            Fabric::Ptp =>
+                "UDP in deadline order on synchronized clocks + reliable/fifo/auth layers",
         },
         dir.display()
     );

@@ -23,6 +23,9 @@ pub enum Fabric {
     Udp,
     /// The Data Vortex emulator: a `weft vortex-switch` process the nodes attach to.
     Vortex,
+    /// UDP on loopback between clocks that agree (the processes share the system clock),
+    /// delivered in deadline order, with the reliable, fifo and auth layers.
+    Ptp,
 }
 
 /// Node processes of one loopback cluster.
@@ -70,19 +73,17 @@ impl LocalCluster {
             let client = free_tcp()?;
             clients.insert(id, client);
             nodes.push(match fabric {
-                Fabric::Udp => format!(
+                Fabric::Udp | Fabric::Ptp => format!(
                     "  {{ id = {id}, addr = \"{}\", client = \"{client}\" }},",
                     free_udp()?
                 ),
                 Fabric::Vortex => format!("  {{ id = {id}, client = \"{client}\" }},"),
             });
         }
+        let layered = "require = [\"reliable\", \"fifo_per_peer\", \"authenticated_source\"]\n";
         let (transport, switch) = match fabric {
-            Fabric::Udp => (
-                "kind = \"udp\"\nrequire = [\"reliable\", \"fifo_per_peer\", \"authenticated_source\"]\n"
-                    .to_string(),
-                None,
-            ),
+            Fabric::Udp => (format!("kind = \"udp\"\n{layered}"), None),
+            Fabric::Ptp => (format!("kind = \"ptp\"\n{layered}"), None),
             Fabric::Vortex => {
                 let socket = dir.join("switch.sock");
                 let switch = start_switch(exe, &socket, dir)?;

@@ -150,6 +150,12 @@ fn kill_nine_on_the_vortex_fabric_loses_no_acknowledged_write() {
     kill_nine(Fabric::Vortex);
 }
 
+/// The same on `ptp`: deadline-ordered UDP with the layers on top.
+#[test]
+fn kill_nine_on_the_ptp_fabric_loses_no_acknowledged_write() {
+    kill_nine(Fabric::Ptp);
+}
+
 fn kill_nine(fabric: Fabric) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = running(dir.path(), 3, 3, fabric);

@@ -1,6 +1,6 @@
 //! The node runtime on real threads over the `mem` transport: writes through the leader,
 //! linearizable reads, a leader crash in the middle, and retries that apply once; and the
-//! same cluster on the emulated RDMA and Data Vortex fabrics.
+//! same cluster on the emulated RDMA and Data Vortex fabrics and on `ptp` over loopback.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use weft_raft::kv::{KvCommand, KvOutcome, KvRequest};
 use weft_raft::node::{NoStore, Node, NodeConfig, NodeError, NodeHandle, ReadResult};
 use weft_raft::{NodeId, Persisted};
 use weft_transport::{
-    open, BackendConfig, MemConfig, RdmaConfig, Transport, TransportConfig, VortexConfig,
+    open, BackendConfig, MemConfig, PtpConfig, RdmaConfig, Transport, TransportConfig, VortexConfig,
 };
 
 fn transport(cluster: u64, id: u32, n: u32) -> Box<dyn weft_transport::Transport> {
@@ -35,7 +35,7 @@ fn start_on(t: Box<dyn Transport>, id: u32, n: u32, tweak: impl Fn(&mut NodeConf
 }
 
 #[test]
-fn the_same_cluster_runs_on_emulated_rdma_and_on_the_vortex_emulator() {
+fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
     let fabrics = [
         (0xA0DE_0101, BackendConfig::Rdma(RdmaConfig::default())),
         (
@@ -44,12 +44,23 @@ fn the_same_cluster_runs_on_emulated_rdma_and_on_the_vortex_emulator() {
                 fabric: "local:node-runtime".into(),
             }),
         ),
+        (0xA0DE_0103, BackendConfig::Ptp(PtpConfig::default())),
     ];
     for (cluster, backend) in fabrics {
+        // Datagram fabrics need a real address per member.
+        let addrs: Vec<std::net::SocketAddr> = (0..3)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.local_addr().unwrap()
+            })
+            .collect();
         let nodes: Vec<Node> = (1..=3)
             .map(|i| {
                 let mut cfg = TransportConfig::mem(cluster, NodeId(i), 3);
                 cfg.backend = backend.clone();
+                for (n, a) in cfg.nodes.iter_mut().zip(&addrs) {
+                    n.addr = *a;
+                }
                 start_on(open(&cfg).unwrap(), i, 3, |_| {})
             })
             .collect();
