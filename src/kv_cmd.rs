@@ -85,6 +85,30 @@ pub fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
             Err(e) => println!("{:>4} {:<12} {e}", id.to_string(), "unreachable"),
         }
     }
+    // Clock synchronization, on fabrics that measure it (ptp).
+    for (id, addr) in &cluster.clients {
+        let Ok(s) = c.status_of(*addr) else { continue };
+        if s.clock_offsets.is_empty() {
+            continue;
+        }
+        let peers: Vec<String> = s
+            .clock_offsets
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}: {:+.1} µs (delay {:.1} µs)",
+                    o.peer,
+                    o.offset_ns as f64 / 1e3,
+                    o.delay_ns as f64 / 1e3
+                )
+            })
+            .collect();
+        println!(
+            "clocks at node {id} (total_order {}): {}",
+            if s.total_order { "on" } else { "WITHDRAWN" },
+            peers.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -160,6 +160,14 @@ pub struct Status {
     pub writes_per_s: Vec<u64>,
     /// See `reads_per_s`.
     pub appends_per_s: Vec<u64>,
+    /// Peers' measured clock offsets on fabrics that synchronize clocks (`ptp`); empty
+    /// elsewhere (and from nodes that predate the field).
+    #[serde(default)]
+    pub clock_offsets: Vec<weft_transport::ClockOffset>,
+    /// Whether the fabric gives `total_order` right now (`ptp` withdraws it when clocks
+    /// drift beyond ε).
+    #[serde(default)]
+    pub total_order: bool,
 }
 
 /// How the node answers a request: called exactly once, on the node's thread, so it must
@@ -583,6 +591,8 @@ impl Runtime {
             reads_per_s: self.rates.series(READS),
             writes_per_s: self.rates.series(WRITES),
             appends_per_s: self.rates.series(APPENDS),
+            clock_offsets: self.transport.clock_offsets(),
+            total_order: self.transport.capabilities().total_order,
         }
     }
 

@@ -77,6 +77,23 @@ fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
             "{}",
             backend.kind()
         );
+        // On ptp the nodes measure each other's clocks and report it in their status.
+        if let BackendConfig::Ptp(_) = backend {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let offsets = loop {
+                let s = h[0].as_ref().unwrap().status().unwrap();
+                if s.clock_offsets.len() == 2 {
+                    assert!(s.total_order, "one system clock: within ε");
+                    break s.clock_offsets;
+                }
+                assert!(Instant::now() < deadline, "no clock offsets: {s:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            for o in offsets {
+                // The three nodes share this host's clock: only measurement error remains.
+                assert!(o.offset_ns.abs() < 20_000_000, "{o:?}");
+            }
+        }
     }
 }
 

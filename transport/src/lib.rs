@@ -84,4 +84,21 @@ pub trait Transport: Send + Sync {
 
     /// Counters of traffic sent, delivered, dropped and rejected.
     fn stats(&self) -> Stats;
+
+    /// On fabrics that synchronize clocks: each peer's measured clock offset and round-trip
+    /// delay, in ns, for monitoring (`weft status`). Empty elsewhere.
+    fn clock_offsets(&self) -> Vec<ClockOffset> {
+        Vec::new()
+    }
+}
+
+/// A peer's clock as measured by two-way time transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClockOffset {
+    /// The peer.
+    pub peer: NodeId,
+    /// Its clock minus the local one, in ns.
+    pub offset_ns: i64,
+    /// The round trip of the exchange without the peer's turnaround, in ns.
+    pub delay_ns: i64,
 }

@@ -387,6 +387,12 @@ mod tests {
             reads_per_s: vec![1; 10],
             writes_per_s: vec![2; 10],
             appends_per_s: vec![3; 10],
+            clock_offsets: vec![weft_transport::ClockOffset {
+                peer: NodeId(2),
+                offset_ns: -1_500,
+                delay_ns: 40_000,
+            }],
+            total_order: true,
         };
         for body in [
             Reply::Value { value: None },

@@ -39,7 +39,7 @@ use crate::deadline::{
 use crate::frame::{self, FrameHeader, HEADER_LEN};
 use crate::rx_timestamp::{self, Source};
 use crate::{
-    Capabilities, Counters, Delivery, NodeId, OpenError, PtpConfig, Stats, Transport,
+    Capabilities, ClockOffset, Counters, Delivery, NodeId, OpenError, PtpConfig, Stats, Transport,
     TransportConfig, TransportError,
 };
 
@@ -179,12 +179,6 @@ impl PtpTransport {
         })
     }
 
-    /// The measured (offset, round-trip delay) to `peer` in ns, once a time transfer with
-    /// it completed: what `weft status` shows.
-    pub fn clock_offset(&self, peer: NodeId) -> Option<(i64, i64)> {
-        lock(&self.shared.monitor).of(peer)
-    }
-
     /// The Δ new messages are stamped with now.
     pub fn delta(&self) -> Duration {
         lock(&self.shared.delta).current()
@@ -256,6 +250,22 @@ impl Transport for PtpTransport {
 
     fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// Every peer a time transfer completed with.
+    fn clock_offsets(&self) -> Vec<ClockOffset> {
+        let monitor = lock(&self.shared.monitor);
+        self.peers
+            .iter()
+            .filter_map(|&peer| {
+                let (offset_ns, delay_ns) = monitor.of(peer)?;
+                Some(ClockOffset {
+                    peer,
+                    offset_ns,
+                    delay_ns,
+                })
+            })
+            .collect()
     }
 }
 

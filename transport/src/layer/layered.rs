@@ -195,4 +195,8 @@ impl Transport for LayeredTransport {
     fn stats(&self) -> Stats {
         self.counters.snapshot().over(self.shared.backend.stats())
     }
+
+    fn clock_offsets(&self) -> Vec<crate::ClockOffset> {
+        self.shared.backend.clock_offsets()
+    }
 }
