@@ -368,7 +368,7 @@ impl Client {
     /// The diagnostic of the node the client talks to (rafty's `diagnostic`).
     pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
         match self.call(Request::Diagnostic)? {
-            Reply::Status { status } => Ok(status),
+            Reply::Status { status } => Ok(*status),
             other => Err(unexpected(&other)),
         }
     }
@@ -377,7 +377,7 @@ impl Client {
     pub fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
         let mut conn = Connection::connect(addr, self.cfg.connect_timeout, self.cfg.max_frame)?;
         match conn.call(Request::Diagnostic, self.cfg.request_timeout)? {
-            Reply::Status { status } => Ok(status),
+            Reply::Status { status } => Ok(*status),
             Reply::Error { kind, message } => Err(ClientError::Server { kind, message }),
             other => Err(unexpected(&other)),
         }

@@ -472,7 +472,9 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
             // `status` blocks (briefly) on the node: keep it off the workers.
             tokio::task::spawn_blocking(move || {
                 let body = match node.status() {
-                    Some(s) => Reply::Status { status: s },
+                    Some(s) => Reply::Status {
+                        status: Box::new(s),
+                    },
                     None => Reply::Error {
                         kind: ErrorKind::Unavailable,
                         message: "the node has stopped".into(),

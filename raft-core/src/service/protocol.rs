@@ -187,7 +187,7 @@ pub enum Reply {
     /// The node's diagnostic.
     Status {
         /// The diagnostic.
-        status: NodeStatus,
+        status: Box<NodeStatus>,
     },
     /// The membership change was proposed at `index` (it takes effect once committed; the
     /// joint configuration is left automatically).
@@ -411,7 +411,9 @@ mod tests {
             Reply::Written {
                 outcome: KvOutcome::Done { previous: None },
             },
-            Reply::Status { status },
+            Reply::Status {
+                status: Box::new(status),
+            },
             Reply::ConfigAccepted { index: 5 },
             Reply::TransferStarted,
             Reply::Redirect {
