@@ -6,7 +6,9 @@
 //! Data Vortex slides claim over 50 % fewer than over UDP).
 //!
 //! Transports: `mem`; `udp` on loopback with the layers a production UDP cluster stacks
-//! (fragment, fifo, reliable, auth); `vortex` on the in-process Data Vortex emulator; `rdma`
+//! (fragment, fifo, reliable, auth); `ptp` with the same layers over deadline-ordered UDP
+//! (default Δ and ε: the price of one delivery order); `vortex` on the in-process Data
+//! Vortex emulator; `rdma`
 //! on emulated verbs; and `rdma-nic` on a real NIC when `WEFT_RDMA_DEVICE` names one (e.g.
 //! `WEFT_RDMA_DEVICE=mlx5_0 cargo bench -p weft-bench --bench consensus`).
 
@@ -17,8 +19,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use weft_bench::raft_cluster::Cluster;
 use weft_bench::{cluster_config, echo_pair, loopback_addrs};
 use weft_transport::{
-    open, BackendConfig, Capability, LayerKind, MemConfig, NodeId, RdmaConfig, Transport,
-    UdpConfig, VortexConfig,
+    open, BackendConfig, Capability, LayerKind, MemConfig, NodeId, PtpConfig, RdmaConfig,
+    Transport, UdpConfig, VortexConfig,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -30,7 +32,7 @@ struct Fabric {
     layers: fn() -> Vec<LayerKind>,
 }
 
-const FABRICS: [Fabric; 5] = [
+const FABRICS: [Fabric; 6] = [
     Fabric {
         name: "mem",
         backend: |_| {
@@ -47,6 +49,19 @@ const FABRICS: [Fabric; 5] = [
             BackendConfig::Udp(UdpConfig {
                 max_datagram: 65507,
                 ..UdpConfig::default()
+            })
+        },
+        layers: || {
+            use LayerKind::*;
+            vec![Fragment, Fifo, Reliable, Auth]
+        },
+    },
+    Fabric {
+        name: "ptp",
+        backend: |_| {
+            BackendConfig::Ptp(PtpConfig {
+                max_datagram: 65507,
+                ..PtpConfig::default()
             })
         },
         layers: || {

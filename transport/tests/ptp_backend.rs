@@ -192,3 +192,51 @@ fn a_missing_hardware_clock_is_named() {
         .to_string();
     assert!(err.contains("/dev/ptp-weft-none"), "{err}");
 }
+
+#[test]
+fn layers_on_top_follow_the_backend_when_it_withdraws_total_order() {
+    use weft_transport::layer::{LayeredTransport, StackBuilder};
+    use weft_transport::LayerKind;
+    let a = addrs(2);
+    let ptp = PtpConfig {
+        epsilon_us: 1_000,
+        sync_interval_ms: 20,
+        ..PtpConfig::default()
+    };
+    let eps = Duration::from_millis(1);
+    let backend = |id: u32, shift_ns: i64| {
+        let clock: Arc<dyn Clock> = Arc::new(Shifted(shift_ns, eps));
+        let cfg = config(0x5054_0004, id, &a, ptp.clone());
+        PtpTransport::with_clock(&cfg, &ptp, clock, None, Arc::new(Counters::default())).unwrap()
+    };
+    let (b1, _b2) = (backend(1, 0), backend(2, 8_000_000));
+    let stack = StackBuilder::new(
+        0x5054_0004,
+        NodeId(1),
+        &[NodeId(1), NodeId(2)],
+        &[LayerKind::Fifo, LayerKind::Reliable],
+        b1.capabilities().clone(),
+    )
+    .max_message(1000)
+    .build(Arc::new(Counters::default()))
+    .unwrap();
+    let layered = LayeredTransport::new(Box::new(b1), stack).unwrap();
+    assert!(layered.capabilities().reliable && layered.capabilities().fifo_per_peer);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while layered.capabilities().total_order {
+        assert!(
+            Instant::now() < deadline,
+            "the stack kept claiming total_order"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        layered.capabilities().reliable,
+        "the layers' own guarantees stay"
+    );
+    assert_eq!(
+        layered.clock_offsets().len(),
+        1,
+        "offsets reach through the layers"
+    );
+}

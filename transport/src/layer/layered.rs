@@ -70,6 +70,8 @@ pub struct LayeredTransport {
     shared: Arc<Shared>,
     inbox: Receiver<Delivery>,
     caps: Capabilities,
+    /// `caps` without `total_order`: what the stack gives while the backend withdraws it.
+    unordered: Capabilities,
     local: NodeId,
     peers: Vec<NodeId>,
     counters: Arc<Counters>,
@@ -81,6 +83,10 @@ impl LayeredTransport {
     pub fn new(backend: Box<dyn Transport>, stack: Stack) -> std::io::Result<LayeredTransport> {
         let counters = Arc::clone(&stack.counters);
         let caps = stack.capabilities().clone();
+        let unordered = Capabilities {
+            total_order: false,
+            ..caps.clone()
+        };
         let local = backend.local();
         let peers = backend.peers().to_vec();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -98,6 +104,7 @@ impl LayeredTransport {
             shared,
             inbox: rx,
             caps,
+            unordered,
             local,
             peers,
             counters,
@@ -176,8 +183,14 @@ impl Transport for LayeredTransport {
         &self.peers
     }
 
+    /// The stack's guarantees; `total_order` only while the backend still gives it (a
+    /// `ptp` backend withdraws it when clocks drift beyond ε).
     fn capabilities(&self) -> &Capabilities {
-        &self.caps
+        if self.caps.total_order && !self.shared.backend.capabilities().total_order {
+            &self.unordered
+        } else {
+            &self.caps
+        }
     }
 
     fn send(&self, to: NodeId, msg: Bytes) -> Result<(), TransportError> {
