@@ -64,8 +64,48 @@ pub struct Received {
     pub stamp: Option<(i64, Source)>,
 }
 
-/// Receives one datagram into `buf` with its kernel timestamp.
+/// Receives one datagram into `buf` with its kernel timestamp, waiting as the socket's
+/// settings say.
 pub fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    receive(socket, buf, 0)
+}
+
+/// Like [`recv_from`], but returns `WouldBlock` at once when nothing is queued (for
+/// callers that wait with `poll`, whose timeouts are far finer than a socket's).
+pub fn try_recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    receive(socket, buf, libc::MSG_DONTWAIT)
+}
+
+/// Waits until `socket` has a datagram queued or `timeout` passed (to the microsecond,
+/// unlike `SO_RCVTIMEO`, which counts in scheduler ticks of several ms). Returns whether
+/// one is queued.
+pub fn wait_readable(socket: &UdpSocket, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: one valid pollfd and a valid timespec; no signal mask.
+    let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    match n {
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+fn receive(socket: &UdpSocket, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
     // SAFETY: plain C structs, zero-initialized, filled in by recvmsg; every pointer in
     // `msg` points at a live local of the size given.
     unsafe {
@@ -83,7 +123,7 @@ pub fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = size_of::<[u64; 16]>();
-        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
+        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, flags);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

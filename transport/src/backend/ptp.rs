@@ -51,10 +51,11 @@ const DATA: u8 = 0;
 const SYNC_REQUEST: u8 = 1;
 const SYNC_REPLY: u8 = 2;
 
-/// Longest the receive thread blocks, so releases and time transfers stay on time.
+/// Longest the receive thread waits, so releases and time transfers stay on time.
 const MAX_BLOCK: Duration = Duration::from_millis(1);
-/// Shortest read timeout (the kernel rounds smaller ones anyway).
-const MIN_BLOCK: Duration = Duration::from_micros(20);
+/// Shortest wait: a release due sooner is waited for this long (timer slack is about
+/// 50 µs anyway).
+const MIN_BLOCK: Duration = Duration::from_micros(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -309,8 +310,13 @@ impl RxLoop {
                     Duration::from_nanos(due.saturating_sub(now).max(0) as u64)
                 })
                 .clamp(MIN_BLOCK, MAX_BLOCK);
-            let _ = self.shared.socket.set_read_timeout(Some(block));
-            match rx_timestamp::recv_from(&self.shared.socket, &mut buf) {
+            let readable = rx_timestamp::wait_readable(&self.shared.socket, block);
+            let received = match readable {
+                Ok(true) => rx_timestamp::try_recv_from(&self.shared.socket, &mut buf),
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            };
+            match received {
                 Ok(r) => {
                     let arrival = match (r.stamp, self.stamps) {
                         (Some((ns, got)), Some(want)) if got == want => ns,
