@@ -240,3 +240,15 @@ fn layers_on_top_follow_the_backend_when_it_withdraws_total_order() {
         "offsets reach through the layers"
     );
 }
+
+#[test]
+fn the_shipped_ptp_example_loads() {
+    let root = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let cluster =
+        weft_transport::ClusterConfig::load(root.join("../examples/cluster-ptp.toml")).unwrap();
+    let cfg = cluster.transport_for(NodeId(1)).unwrap();
+    let BackendConfig::Ptp(p) = &cfg.backend else {
+        panic!("not ptp: {:?}", cfg.backend)
+    };
+    assert_eq!((p.clock.as_str(), p.epsilon_us), ("system", 100));
+}
