@@ -54,8 +54,6 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use weft_bench::kv::{put_command, KvMap};
 use weft_bench::raft_cluster::Cluster;
-use weft_bench::{cluster_config, loopback_addrs};
-use weft_transport::{open, BackendConfig, MemConfig, Transport};
 
 /// Bytes per put, key included.
 const PAYLOAD: usize = 100;
@@ -81,26 +79,6 @@ fn timed(first_key: u64, iters: u64, n: u64, mut batch: impl FnMut(u64)) -> Dura
 }
 
 struct Weft(Cluster);
-
-impl Weft {
-    fn new() -> Weft {
-        let addrs = loopback_addrs(3);
-        let transports: Vec<Box<dyn Transport>> = (1..=3)
-            .map(|n| {
-                let cfg = cluster_config(
-                    0x9EE2_0000,
-                    n,
-                    &addrs,
-                    BackendConfig::Mem(MemConfig::default()),
-                    Some(vec![]),
-                    true,
-                );
-                open(&cfg).expect("mem transport")
-            })
-            .collect();
-        Weft(Cluster::new(transports).applying())
-    }
-}
 
 impl Peer for Weft {
     fn run(&mut self, first_key: u64, iters: u64, n: u64) -> Duration {
@@ -552,7 +530,9 @@ type Start = fn() -> Box<dyn Peer>;
 
 /// Each library by name, and how to start its cluster.
 const PEERS: [(&str, Start); 3] = [
-    ("weft", || Box::new(Weft::new())),
+    ("weft", || {
+        Box::new(Weft(Cluster::mem3(0x9EE2_0000).applying()))
+    }),
     ("openraft", || Box::new(openraft_peer::OpenRaft::new())),
     ("raft-rs", || Box::new(raft_rs::RaftRs::new())),
 ];

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use weft_raft::node::send_messages;
 use weft_raft::{Config, Index, Membership, Message, NodeId, Payload, Persisted, RawNode, Role};
-use weft_transport::Transport;
+use weft_transport::{open, BackendConfig, MemConfig, Transport};
 
 use crate::kv::KvMap;
+use crate::{cluster_config, loopback_addrs};
 
 /// Nodes and their transports, indexed by id - 1.
 pub struct Cluster {
@@ -50,6 +51,19 @@ impl Cluster {
             c.pump();
         }
         panic!("node 1 was not elected");
+    }
+
+    /// A 3-node cluster `id` on the in-memory transport with no software layers, elected.
+    pub fn mem3(id: u64) -> Cluster {
+        let addrs = loopback_addrs(3);
+        let transports = (1..=3)
+            .map(|n| {
+                let mem = BackendConfig::Mem(MemConfig::default());
+                let cfg = cluster_config(id, n, &addrs, mem, Some(vec![]), true);
+                open(&cfg).expect("mem transport")
+            })
+            .collect();
+        Cluster::new(transports)
     }
 
     /// Applies committed commands (as [`crate::kv::put_command`]s) at every node from now on;
