@@ -5,32 +5,12 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use weft_bench::raft_cluster::Cluster;
-use weft_bench::{cluster_config, loopback_addrs};
-use weft_transport::{open, BackendConfig, MemConfig, Transport};
-
-fn cluster(id: u64) -> Cluster {
-    let addrs = loopback_addrs(3);
-    let transports: Vec<Box<dyn Transport>> = (1..=3)
-        .map(|n| {
-            let cfg = cluster_config(
-                id,
-                n,
-                &addrs,
-                BackendConfig::Mem(MemConfig::default()),
-                Some(vec![]),
-                true,
-            );
-            open(&cfg).expect("mem transport")
-        })
-        .collect();
-    Cluster::new(transports)
-}
 
 fn bench_proposals(c: &mut Criterion) {
     let payload = Bytes::from(vec![7u8; 100]);
     let mut group = c.benchmark_group("raft/3-node-mem");
     for (i, batch) in [1usize, 256].into_iter().enumerate() {
-        let mut cl = cluster(0x5AF7_0000 + i as u64);
+        let mut cl = Cluster::mem3(0x5AF7_0000 + i as u64);
         let rounds = cl.commit(batch, &payload);
         println!("raft/3-node-mem: {batch} proposals committed in {rounds} pump rounds");
         group.throughput(Throughput::Elements(batch as u64));

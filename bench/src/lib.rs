@@ -4,6 +4,7 @@
 //! transport's raw round trip, the full layer stack), because the machines that run these
 //! benches are shared and noisy.
 
+pub mod kv;
 pub mod raft_cluster;
 
 use std::net::{SocketAddr, UdpSocket};
