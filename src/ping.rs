@@ -420,12 +420,18 @@ require = ["reliable", "fifo_per_peer"]
         }
     }
 
-    #[test]
-    fn pings_every_local_peer_and_stops_the_responders() {
-        let cluster = mem_cluster(9_001);
-        let (transport, peers) =
-            open_members(&cluster, NodeId(1), &[NodeId(2), NodeId(3)]).unwrap();
-        let plan = plan(50, Duration::from_secs(5), 0);
+    /// Node 1's transport, its reports, and what each responder did.
+    type LocalPings = (
+        Box<dyn Transport>,
+        Vec<PeerReport>,
+        Vec<(NodeId, EchoCounts)>,
+    );
+
+    /// Node 1 of `cluster` pings nodes 2 and 3, `count` times each, while they answer from
+    /// this process.
+    fn ping_local_peers(cluster: &ClusterConfig, count: u64) -> LocalPings {
+        let (transport, peers) = open_members(cluster, NodeId(1), &[NodeId(2), NodeId(3)]).unwrap();
+        let plan = plan(count, Duration::from_secs(5), 0);
         let (reports, responders) = with_local_responders(peers, || {
             let mut pinger = Pinger::new(transport.as_ref(), &plan);
             transport
@@ -435,6 +441,12 @@ require = ["reliable", "fifo_per_peer"]
                 .collect::<anyhow::Result<Vec<_>>>()
         })
         .unwrap();
+        (transport, reports, responders)
+    }
+
+    #[test]
+    fn pings_every_local_peer_and_stops_the_responders() {
+        let (_, reports, responders) = ping_local_peers(&mem_cluster(9_001), 50);
         assert_eq!(reports.len(), 2);
         for r in &reports {
             assert_eq!((r.sent, r.answered, r.lost), (50, 50, 0), "{r:?}");
@@ -456,23 +468,11 @@ require = ["reliable", "fifo_per_peer"]
             let rdma = format!(
                 "kind = \"rdma\"\n[transport.rdma]\ndevice = \"emulated\"\ncompletion = \"{mode}\""
             );
-            let cluster = cluster(id, &rdma);
-            let (transport, peers) =
-                open_members(&cluster, NodeId(1), &[NodeId(2), NodeId(3)]).unwrap();
+            let (transport, reports, _) = ping_local_peers(&cluster(id, &rdma), 100);
             assert!(
                 transport.capabilities().reliable,
                 "no layer stacked on rdma"
             );
-            let plan = plan(100, Duration::from_secs(5), 0);
-            let (reports, _) = with_local_responders(peers, || {
-                let mut pinger = Pinger::new(transport.as_ref(), &plan);
-                transport
-                    .peers()
-                    .iter()
-                    .map(|peer| pinger.ping_peer(*peer))
-                    .collect::<anyhow::Result<Vec<_>>>()
-            })
-            .unwrap();
             for r in &reports {
                 assert_eq!((r.sent, r.answered, r.lost), (100, 100, 0), "{mode}: {r:?}");
             }

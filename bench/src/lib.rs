@@ -31,14 +31,7 @@ pub fn cluster_config(
     TransportConfig {
         cluster_id: cluster,
         local: NodeId(local),
-        nodes: addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| NodeSpec {
-                id: NodeId(i as u32 + 1),
-                addr: *a,
-            })
-            .collect(),
+        nodes: NodeSpec::numbered(addrs),
         backend,
         require: vec![Capability::Reliable, Capability::FifoPerPeer],
         max_message: 1024,

@@ -20,6 +20,19 @@ pub struct NodeSpec {
     pub addr: SocketAddr,
 }
 
+impl NodeSpec {
+    /// Members 1, 2, ... at `addrs` in order: the usual shape of tests and benchmarks.
+    pub fn numbered(addrs: &[SocketAddr]) -> Vec<NodeSpec> {
+        (1..)
+            .zip(addrs)
+            .map(|(i, a)| NodeSpec {
+                id: NodeId(i),
+                addr: *a,
+            })
+            .collect()
+    }
+}
+
 /// Everything needed to open one member's transport.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {

@@ -27,20 +27,27 @@ fn addrs(n: usize) -> Vec<SocketAddr> {
 
 fn config(cluster: u64, local: u32, addrs: &[SocketAddr], ptp: PtpConfig) -> TransportConfig {
     TransportConfig {
-        nodes: addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| NodeSpec {
-                id: NodeId(i as u32 + 1),
-                addr: *a,
-            })
-            .collect(),
+        nodes: NodeSpec::numbered(addrs),
         backend: BackendConfig::Ptp(ptp),
         require: vec![],
         // Within one datagram, so no fragment layer is stacked: the backend is tested bare.
         max_message: 1024,
         ..TransportConfig::mem(cluster, NodeId(local), addrs.len() as u32)
     }
+}
+
+/// Member `id` of `cluster` on loopback `addrs`, its clock shifted by `shift_ns` from this
+/// host's (a member whose synchronization failed), ε = 1 ms.
+fn shifted_member(
+    cluster: u64,
+    id: u32,
+    addrs: &[SocketAddr],
+    ptp: &PtpConfig,
+    shift_ns: i64,
+) -> PtpTransport {
+    let clock: Arc<dyn Clock> = Arc::new(Shifted(shift_ns, Duration::from_millis(1)));
+    let cfg = config(cluster, id, addrs, ptp.clone());
+    PtpTransport::with_clock(&cfg, ptp, clock, None, Arc::new(Counters::default())).unwrap()
 }
 
 /// The system clock shifted by a fixed offset: a member whose synchronization failed.
@@ -132,20 +139,9 @@ fn a_clock_beyond_epsilon_withdraws_total_order_and_loses_nothing() {
         delta_max_us: 4_000,
         ..PtpConfig::default()
     };
-    let eps = Duration::from_millis(1);
-    let open_with = |id: u32, shift_ns: i64| {
-        let clock: Arc<dyn Clock> = Arc::new(Shifted(shift_ns, eps));
-        PtpTransport::with_clock(
-            &config(0x5054_0002, id, &a, ptp.clone()),
-            &ptp,
-            clock,
-            None,
-            Arc::new(Counters::default()),
-        )
-        .unwrap()
-    };
     // Node 2's clock runs 8 ms ahead: far beyond ε.
-    let (t1, t2) = (open_with(1, 0), open_with(2, 8_000_000));
+    let t1 = shifted_member(0x5054_0002, 1, &a, &ptp, 0);
+    let t2 = shifted_member(0x5054_0002, 2, &a, &ptp, 8_000_000);
     let deadline = Instant::now() + Duration::from_secs(5);
     while t1.capabilities().total_order || t2.capabilities().total_order {
         assert!(Instant::now() < deadline, "offset never detected");
@@ -203,13 +199,8 @@ fn layers_on_top_follow_the_backend_when_it_withdraws_total_order() {
         sync_interval_ms: 20,
         ..PtpConfig::default()
     };
-    let eps = Duration::from_millis(1);
-    let backend = |id: u32, shift_ns: i64| {
-        let clock: Arc<dyn Clock> = Arc::new(Shifted(shift_ns, eps));
-        let cfg = config(0x5054_0004, id, &a, ptp.clone());
-        PtpTransport::with_clock(&cfg, &ptp, clock, None, Arc::new(Counters::default())).unwrap()
-    };
-    let (b1, _b2) = (backend(1, 0), backend(2, 8_000_000));
+    let b1 = shifted_member(0x5054_0004, 1, &a, &ptp, 0);
+    let _b2 = shifted_member(0x5054_0004, 2, &a, &ptp, 8_000_000);
     let stack = StackBuilder::new(
         0x5054_0004,
         NodeId(1),

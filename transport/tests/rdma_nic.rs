@@ -41,12 +41,7 @@ fn members(cluster: u64, n: u32, completion: Completion) -> Vec<Box<dyn Transpor
         })
         .collect();
     let config = |local: u32| TransportConfig {
-        nodes: (1..=n)
-            .map(|i| NodeSpec {
-                id: NodeId(i),
-                addr: addrs[i as usize - 1],
-            })
-            .collect(),
+        nodes: NodeSpec::numbered(&addrs),
         backend: BackendConfig::Rdma(RdmaConfig {
             device: device.clone(),
             port: env_or("WEFT_RDMA_PORT", 1),

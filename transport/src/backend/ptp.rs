@@ -290,11 +290,16 @@ struct RxLoop {
     stamps: Option<Source>,
 }
 
-/// Reads fixed-size little-endian fields off the front of a byte slice.
+/// Reads one little-endian `i64` off the front of a byte slice.
 fn take_i64(b: &mut &[u8]) -> Option<i64> {
     let (head, rest) = b.split_first_chunk::<8>()?;
     *b = rest;
     Some(i64::from_le_bytes(*head))
+}
+
+/// Reads three little-endian `i64`s off the front of a byte slice.
+fn take_three(b: &mut &[u8]) -> Option<[i64; 3]> {
+    Some([take_i64(b)?, take_i64(b)?, take_i64(b)?])
 }
 
 impl RxLoop {
@@ -398,12 +403,7 @@ impl RxLoop {
         };
         match kind {
             DATA => {
-                let fields = (
-                    take_i64(&mut rest),
-                    take_i64(&mut rest),
-                    take_i64(&mut rest),
-                );
-                let (Some(deadline_ns), Some(sent_ns), Some(seq)) = fields else {
+                let Some([deadline_ns, sent_ns, seq]) = take_three(&mut rest) else {
                     Counters::bump(&s.counters.rejected_malformed);
                     return true;
                 };
@@ -445,12 +445,7 @@ impl RxLoop {
                 true
             }
             SYNC_REPLY => {
-                let fields = (
-                    take_i64(&mut rest),
-                    take_i64(&mut rest),
-                    take_i64(&mut rest),
-                );
-                let (Some(t1), Some(t2), Some(t3)) = fields else {
+                let Some([t1, t2, t3]) = take_three(&mut rest) else {
                     Counters::bump(&s.counters.rejected_malformed);
                     return true;
                 };
