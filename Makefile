@@ -11,7 +11,7 @@
 
 # Debian packages needed to build the workspace (bindgen needs libclang; RDMA verbs need
 # libibverbs and librdmacm; the verifier needs Z3; `weft learn` draws with Graphviz).
-PACKAGES = build-essential pkg-config libclang-dev libibverbs-dev librdmacm-dev libz3-dev graphviz
+PACKAGES = build-essential pkg-config libclang-dev libibverbs-dev librdmacm-dev libz3-dev graphviz iproute2
 
 # Build cache outside the clone, shared by CI runs and every checkout of a developer.
 CARGO_TARGET_DIR ?= $(HOME)/.cache/weft/target

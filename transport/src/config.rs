@@ -498,11 +498,11 @@ impl Validator<'_> {
     }
 
     fn ptp(&self, p: &PtpConfig) -> Result<(), ConfigError> {
-        if p.clock != "system" && !p.clock.starts_with("/dev/") {
+        if p.clock != "system" && p.clock != "software" && !p.clock.starts_with("/dev/") {
             return Err(self.invalid(
                 "transport.ptp.clock",
                 format!(
-                    "`{}`: use \"system\" or the path of a PTP hardware clock (/dev/ptpN)",
+                    "`{}`: use \"system\", \"software\" or the path of a PTP hardware clock (/dev/ptpN)",
                     p.clock.escape_debug()
                 ),
             ));

@@ -27,6 +27,7 @@ pub mod layer;
 mod node;
 mod open;
 pub mod rx_timestamp;
+pub mod soft_clock;
 mod stats;
 mod transport_config;
 

@@ -186,8 +186,10 @@ impl Default for UdpConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PtpConfig {
-    /// The clock: `"system"` (the system clock, disciplined by `ptp4l` + `phc2sys`) or
-    /// the path of a PTP hardware clock (`"/dev/ptp0"`, disciplined by `ptp4l`).
+    /// The clock: `"system"` (the system clock, disciplined by `ptp4l` + `phc2sys`), the
+    /// path of a PTP hardware clock (`"/dev/ptp0"`, disciplined by `ptp4l`), or
+    /// `"software"`: weft keeps its own clock in step with IEEE 1588 over this transport
+    /// (statime; no root, no linuxptp, the system clock untouched).
     pub clock: String,
     /// The bound on how far two members' clocks may read apart, in µs (`ptp4l` reports
     /// the offsets to choose it from); measured offsets beyond it withdraw `total_order`.

@@ -38,6 +38,7 @@ use crate::deadline::{
 };
 use crate::frame::{self, FrameHeader, HEADER_LEN};
 use crate::rx_timestamp::{self, Source};
+use crate::soft_clock::{PtpSync, SoftwareClock, SyncSettings};
 use crate::{
     Capabilities, ClockOffset, Counters, Delivery, NodeId, OpenError, PtpConfig, Stats, Transport,
     TransportConfig, TransportError,
@@ -50,6 +51,17 @@ pub const OVERHEAD: usize = 1 + 8 + 8 + 8;
 const DATA: u8 = 0;
 const SYNC_REQUEST: u8 = 1;
 const SYNC_REPLY: u8 = 2;
+/// An IEEE 1588 packet for weft's own synchronization (`clock = "software"`).
+const PTP_PACKET: u8 = 3;
+
+/// `WEFT_PTP_CLOCK_OFFSET_NS` shifts a member's software clock at start: lets tests on one
+/// host (whose members would otherwise share one raw clock) show synchronization at work.
+fn software_clock_offset() -> i64 {
+    std::env::var("WEFT_PTP_CLOCK_OFFSET_NS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
 
 /// Longest the receive thread waits, so releases and time transfers stay on time.
 const MAX_BLOCK: Duration = Duration::from_millis(1);
@@ -89,6 +101,8 @@ struct Shared {
     ordered: AtomicBool,
     counters: Arc<Counters>,
     shutdown: AtomicBool,
+    /// weft's own PTP port, with `clock = "software"`.
+    sync: Mutex<Option<Arc<PtpSync>>>,
 }
 
 impl PtpTransport {
@@ -101,6 +115,13 @@ impl PtpTransport {
         let epsilon = micros(ptp.epsilon_us);
         let (clock, stamps): (Arc<dyn Clock>, _) = match ptp.clock.as_str() {
             "system" => (Arc::new(SystemClock { epsilon }), Some(Source::Software)),
+            "software" => {
+                let soft = SoftwareClock::new(software_clock_offset(), epsilon);
+                let mut t =
+                    PtpTransport::with_clock(cfg, ptp, Arc::new(soft.clone()), None, counters)?;
+                t.synchronize(&soft)?;
+                return Ok(t);
+            }
             device => {
                 let phc = PhcClock::open(device.as_ref(), epsilon).map_err(|reason| {
                     OpenError::Fabric {
@@ -146,6 +167,7 @@ impl PtpTransport {
             ordered: AtomicBool::new(true),
             counters,
             shutdown: AtomicBool::new(false),
+            sync: Mutex::new(None),
         });
         let mut members: Vec<NodeId> = cfg.nodes.iter().map(|n| n.id).collect();
         members.sort();
@@ -178,6 +200,25 @@ impl PtpTransport {
             inbox,
             rx_thread: Some(rx_thread),
         })
+    }
+
+    /// Runs weft's own PTP ([`PtpSync`]) to keep `clock` — the clock this transport was
+    /// opened with — in step with the other members', its packets carried in this
+    /// transport's frames.
+    fn synchronize(&mut self, clock: &SoftwareClock) -> Result<(), OpenError> {
+        let shared = Arc::downgrade(&self.shared);
+        let peers = self.peers.clone();
+        let send = Box::new(move |packet: &[u8]| {
+            if let Some(s) = shared.upgrade() {
+                let mut body = Vec::with_capacity(1 + packet.len());
+                body.push(PTP_PACKET);
+                body.extend_from_slice(packet);
+                let _ = s.send_frame(&peers, &body);
+            }
+        });
+        let sync = PtpSync::start(self.local, clock, SyncSettings::default(), send)?;
+        *lock(&self.shared.sync) = Some(Arc::new(sync));
+        Ok(())
     }
 
     /// The Δ new messages are stamped with now.
@@ -276,6 +317,7 @@ impl Drop for PtpTransport {
         if let Some(t) = self.rx_thread.take() {
             let _ = t.join();
         }
+        lock(&self.shared.sync).take();
     }
 }
 
@@ -458,6 +500,14 @@ impl RxLoop {
                 let ok = lock(&s.monitor).record(from, x);
                 if s.ordered.swap(ok, Ordering::AcqRel) != ok && ok {
                     tracing::info!(peer = %from, "clock offsets within epsilon again: total_order restored");
+                }
+                true
+            }
+            PTP_PACKET => {
+                let sync = lock(&s.sync).clone();
+                match sync {
+                    Some(sync) => sync.receive(rest.to_vec(), arrival),
+                    None => Counters::bump(&s.counters.rejected_malformed),
                 }
                 true
             }
