@@ -29,17 +29,25 @@ pub struct Config {
     /// Serve reads from the leader's lease instead of a heartbeat round (requires
     /// `check_quorum`; assumes bounded clock drift between nodes).
     pub lease_reads: bool,
-    /// The fabric delivers messages in one total order with barrier epochs: a candidate's
-    /// vote request is multicast to every voter, itself included, and every voter (the
-    /// candidates too) votes for the first valid request of the term it sees and ignores
-    /// the rest of that epoch, so votes cannot split. Derive it with
+    /// The fabric delivers messages in one total order, a sender's copy to itself
+    /// included: a candidate's vote request is multicast to every voter, itself included,
+    /// and every voter (the candidates too) votes for the first valid request of the term
+    /// it sees, so votes cannot split. Derive it with
     /// [`Config::for_fabric`], never from a backend's name.
     pub ordered_election: bool,
+    /// With `ordered_election`: the fabric also closes barrier epochs (Data Vortex), and a
+    /// voter ignores the rest of an epoch's vote requests once it granted one, whatever
+    /// their term. Without epochs (deadline-ordered `ptp`) a voter goes by terms only.
+    pub barrier_epochs: bool,
     /// Bytes per snapshot chunk.
     pub snapshot_chunk: usize,
     /// Seeds the randomized election timeout, so simulations replay exactly.
     pub seed: u64,
 }
+
+/// Bytes an append message takes besides its entries' data, at most (ids, terms, indexes,
+/// per-entry framing of a full batch): what [`Config::for_fabric`] leaves free.
+const APPEND_FIELDS: usize = 4096;
 
 impl Config {
     /// Defaults for node `id`: 10-tick elections, 1-tick heartbeats, pre-vote and
@@ -56,15 +64,24 @@ impl Config {
             check_quorum: true,
             lease_reads: false,
             ordered_election: false,
+            barrier_epochs: false,
             snapshot_chunk: 1 << 20,
             seed: u64::from(id.0),
         }
     }
 
-    /// Turns on the paths a fabric's guarantees allow: ordered elections need both
-    /// `total_order` and `barrier`.
+    /// Turns on the paths a fabric's guarantees allow: ordered elections need
+    /// `total_order` and a candidate's own request delivered in that order (`loopback`);
+    /// barrier epochs refine them where the fabric has `barrier`. Appends are kept within
+    /// the largest message the transport takes (less room for the message's own fields),
+    /// so a fabric without the fragment layer is not handed batches it must refuse.
     pub fn for_fabric(mut self, caps: &Capabilities) -> Config {
-        self.ordered_election = caps.total_order && caps.barrier;
+        self.ordered_election = caps.total_order && caps.loopback;
+        self.barrier_epochs = self.ordered_election && caps.barrier;
+        if caps.max_message > 0 {
+            let room = caps.max_message.saturating_sub(APPEND_FIELDS).max(1);
+            self.max_bytes_per_append = self.max_bytes_per_append.min(room);
+        }
         self
     }
 

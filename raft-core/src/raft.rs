@@ -746,7 +746,7 @@ impl Raft {
             return;
         }
         if let (true, Body::RequestVote { .. }, Some((epoch, cand))) =
-            (self.cfg.ordered_election, &m.body, self.epoch_vote)
+            (self.cfg.barrier_epochs, &m.body, self.epoch_vote)
         {
             // The fabric shows every voter an epoch's requests in one order; having granted
             // the first valid one, ignore the rest of the epoch (as if lost), whatever their

@@ -257,6 +257,9 @@ struct SimNode {
     read_states: Vec<ReadState>,
 }
 
+/// Steps from send to deadline on a deadline-ordered fabric (Δ, in steps).
+const DEADLINE_STEPS: u64 = 2;
+
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
     due: u64,
@@ -391,8 +394,8 @@ impl Sim {
             let Reverse(m) = self.net.pop().expect("peeked");
             let node = &mut self.nodes[m.to as usize - 1];
             if let Some(raw) = &mut node.raw {
-                // On an ordered fabric a message is delivered at the close of epoch `due`.
-                let epoch = if self.opts.raft.ordered_election {
+                // With barrier epochs a message is delivered at the close of epoch `due`.
+                let epoch = if self.opts.raft.barrier_epochs {
                     m.due
                 } else {
                     0
@@ -686,10 +689,16 @@ impl Sim {
             }
             return;
         }
-        // An ordered fabric (Data Vortex): everything sent in this step is delivered at
-        // the next step's barrier, to every receiver in one global order (a random one per
-        // epoch), stamped with the epoch; nothing is lost or duplicated. Identical bodies
-        // go out as one multicast: one place in the order for all their recipients.
+        // An ordered fabric. With barrier epochs (Data Vortex): everything sent in this step
+        // is delivered at the next step's barrier, to every receiver in one global order (a
+        // random one per epoch), stamped with the epoch; nothing is lost or duplicated.
+        // Without (deadline-ordered `ptp`): a message is due `DEADLINE_STEPS` after it was
+        // sent and receivers release in (deadline, stamp) order, except that a copy is late
+        // with probability `faults.delay` (up to `faults.max_delay` steps more) and then
+        // arrives out of the order at that receiver. Identical bodies go out as one
+        // multicast: one stamp, one place in the order for all their recipients.
+        let epochs = self.opts.raft.barrier_epochs;
+        let due = self.step + if epochs { 1 } else { DEADLINE_STEPS };
         for (group, m) in crate::message::group_by_body(msgs) {
             let seq = self.rng.gen();
             let bytes = m.encode_to(crate::message::TO_GROUP);
@@ -697,8 +706,15 @@ impl Sim {
                 if to.0 == 0 || to.0 > self.size() || self.cut.contains(&(from, to.0)) {
                     continue;
                 }
+                let f = &self.opts.faults;
+                let late = !epochs && self.rng.gen_bool(f.delay);
+                let extra = if late {
+                    1 + self.rng.gen_range(0..f.max_delay.max(1))
+                } else {
+                    0
+                };
                 self.net.push(Reverse(InFlight {
-                    due: self.step + 1,
+                    due: due + extra,
                     seq,
                     to: to.0,
                     bytes: bytes.clone(),

@@ -181,17 +181,35 @@ fn config_is_validated() {
     let mut c = Config::new(NodeId(1));
     c.election_tick = 1;
     assert!(c.validate().is_err());
-    let caps = weft_transport::Capabilities {
-        total_order: true,
-        barrier: true,
+    let fabric = |total_order, barrier, loopback| {
+        let caps = weft_transport::Capabilities {
+            total_order,
+            barrier,
+            loopback,
+            ..Default::default()
+        };
+        let c = Config::new(NodeId(1)).for_fabric(&caps);
+        (c.ordered_election, c.barrier_epochs)
+    };
+    assert_eq!(fabric(true, true, true), (true, true), "Data Vortex");
+    assert_eq!(
+        fabric(true, false, true),
+        (true, false),
+        "ptp without layers"
+    );
+    assert_eq!(
+        fabric(true, false, false),
+        (false, false),
+        "ptp under layers: no copy to self"
+    );
+    assert_eq!(fabric(false, false, false), (false, false), "udp");
+    // Appends fit the transport's largest message.
+    let small = weft_transport::Capabilities {
+        max_message: 60_000,
         ..Default::default()
     };
-    assert!(Config::new(NodeId(1)).for_fabric(&caps).ordered_election);
-    assert!(
-        !Config::new(NodeId(1))
-            .for_fabric(&Default::default())
-            .ordered_election
-    );
+    let c = Config::new(NodeId(1)).for_fabric(&small);
+    assert!(c.max_bytes_per_append < 60_000 && c.max_bytes_per_append > 50_000);
 }
 
 #[test]
@@ -231,6 +249,7 @@ fn ordered_election_considers_only_the_first_request_of_an_epoch() {
     let new = |ordered: bool| {
         let mut cfg = Config::new(NodeId(3));
         cfg.ordered_election = ordered;
+        cfg.barrier_epochs = ordered;
         cfg.pre_vote = false;
         cfg.check_quorum = false;
         RawNode::new(cfg, voters.clone(), Persisted::default()).unwrap()

@@ -45,8 +45,17 @@ fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
             }),
         ),
         (0xA0DE_0103, BackendConfig::Ptp(PtpConfig::default())),
+        // ptp bare, no layers: the fabric's own order and loopback, so ordered elections.
+        (
+            0xA0DE_0104,
+            BackendConfig::Ptp(PtpConfig {
+                max_datagram: 65507,
+                ..PtpConfig::default()
+            }),
+        ),
     ];
     for (cluster, backend) in fabrics {
+        let bare = cluster == 0xA0DE_0104;
         // Datagram fabrics need a real address per member.
         let addrs: Vec<std::net::SocketAddr> = (0..3)
             .map(|_| {
@@ -61,7 +70,21 @@ fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
                 for (n, a) in cfg.nodes.iter_mut().zip(&addrs) {
                     n.addr = *a;
                 }
-                start_on(open(&cfg).unwrap(), i, 3, |_| {})
+                if bare {
+                    cfg.require.clear();
+                    cfg.max_message = 60_000;
+                }
+                let t = open(&cfg).unwrap();
+                let caps = t.capabilities();
+                // Only fabrics without layers deliver a node's copy to itself.
+                let layered = matches!(backend, BackendConfig::Ptp(_)) && !bare;
+                assert_eq!(
+                    caps.loopback,
+                    !layered && caps.total_order,
+                    "{}",
+                    backend.kind()
+                );
+                start_on(t, i, 3, |_| {})
             })
             .collect();
         let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();

@@ -14,9 +14,12 @@ fn run_seed(seed: u64, steps: u64) -> usize {
     opts.snapshot_every = [0, 8, 30][(seed / 3 % 3) as usize];
     opts.raft.pre_vote = seed % 5 != 0;
     opts.raft.check_quorum = seed % 7 != 0;
-    // One seed in four runs on an ordered fabric (the simulator then delivers by barrier
-    // epochs, multicasts identical messages, and loses nothing but what cut links drop).
+    // One seed in four runs on an ordered fabric, alternately with barrier epochs (Data
+    // Vortex: the simulator delivers by epoch and loses nothing but what cut links drop)
+    // and deadline-ordered (ptp: late copies arrive out of order). Both multicast
+    // identical messages.
     opts.raft.ordered_election = seed % 4 == 3;
+    opts.raft.barrier_epochs = seed % 8 == 3;
     let mut s = Sim::new(opts);
     s.add_clients(3, 3);
     s.set_faults(Faults {

@@ -70,6 +70,10 @@ pub struct Capabilities {
     pub authenticated_source: bool,
     /// Bound on clock uncertainty between members, if the fabric synchronizes clocks.
     pub synchronized_clock: Option<Duration>,
+    /// A message the local node sends to itself travels through the fabric and takes its
+    /// place in the same order as everyone else's (what ordered elections need: a
+    /// candidate sees its own vote request where the other voters see it).
+    pub loopback: bool,
     /// Largest message `send` and `broadcast` accept, in bytes.
     pub max_message: usize,
 }

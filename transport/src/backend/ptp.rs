@@ -185,6 +185,8 @@ impl PtpTransport {
             .spawn(move || rx.run())?;
         let unordered_caps = Capabilities {
             synchronized_clock: Some(epsilon),
+            // A send to the local node goes through its own socket and deadline order.
+            loopback: true,
             max_message: ptp.max_datagram - HEADER_LEN - OVERHEAD,
             ..Capabilities::default()
         };

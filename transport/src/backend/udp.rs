@@ -157,6 +157,7 @@ impl UdpTransport {
             barrier: false,
             authenticated_source: false,
             synchronized_clock: None,
+            loopback: false,
             max_message: udp.max_datagram - HEADER_LEN,
         };
 

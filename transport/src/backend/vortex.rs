@@ -66,6 +66,8 @@ impl VortexTransport {
             barrier: info.caps.contains(Caps::BARRIER),
             authenticated_source: info.caps.contains(Caps::SOURCE_STAMP),
             synchronized_clock: None,
+            // dv_send to oneself is delivered in the global order (dv_api.h).
+            loopback: true,
             max_message: info.max_message,
         };
         let peers = cfg.peer_ids();

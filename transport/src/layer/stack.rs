@@ -158,6 +158,8 @@ impl StackBuilder {
             .sum();
         let frame_limit = self.native.max_message.saturating_sub(below_fragment);
         let mut caps = self.native.clone();
+        // The layers keep state per peer, not for the local node: no sends to self.
+        caps.loopback = false;
         caps.max_message = if has(LayerKind::Fragment) {
             if frame_limit <= fragment::PIECE_HEADER + 16 {
                 return Err(OpenError::Invalid(format!(
