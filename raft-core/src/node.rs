@@ -168,6 +168,9 @@ pub struct Status {
     /// drift beyond ε).
     #[serde(default)]
     pub total_order: bool,
+    /// Whether elections go by the fabric's order right now.
+    #[serde(default)]
+    pub ordered_elections: bool,
 }
 
 /// How the node answers a request: called exactly once, on the node's thread, so it must
@@ -454,6 +457,7 @@ impl Runtime {
                 self.on_request(r);
             }
             if Instant::now() >= next_tick {
+                self.follow_fabric();
                 self.raw.tick();
                 self.expire();
                 next_tick += self.tick;
@@ -577,6 +581,21 @@ impl Runtime {
         }
     }
 
+    /// Follows the fabric's guarantees as they change (before each tick, so before any
+    /// election the tick may start).
+    fn follow_fabric(&mut self) {
+        if !self.raw.adapt_to_fabric(self.transport.capabilities()) {
+            return;
+        }
+        let ordered = self.raw.ordered_election();
+        tracing::info!(
+            node = %self.raw.id(),
+            ordered,
+            "the fabric's total order changed: elections are now {}",
+            if ordered { "ordered" } else { "ordinary Raft elections" }
+        );
+    }
+
     fn status(&self) -> Status {
         Status {
             id: self.raw.id(),
@@ -593,6 +612,7 @@ impl Runtime {
             appends_per_s: self.rates.series(APPENDS),
             clock_offsets: self.transport.clock_offsets(),
             total_order: self.transport.capabilities().total_order,
+            ordered_elections: self.raw.ordered_election(),
         }
     }
 

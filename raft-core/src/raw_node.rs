@@ -105,6 +105,25 @@ impl RawNode {
         })
     }
 
+    /// Re-derives the fabric-dependent settings ([`Config::for_fabric`]) from `caps`, for a
+    /// fabric whose guarantees change at run time (`ptp` withdraws `total_order` when
+    /// clocks drift beyond ε): elections then fall back to ordinary Raft, and return to
+    /// ordered ones when the guarantee does. Returns whether anything changed.
+    pub fn adapt_to_fabric(&mut self, caps: &weft_transport::Capabilities) -> bool {
+        let adapted = self.raft.cfg.clone().for_fabric(caps);
+        let cfg = &mut self.raft.cfg;
+        let changed = (cfg.ordered_election, cfg.barrier_epochs)
+            != (adapted.ordered_election, adapted.barrier_epochs);
+        cfg.ordered_election = adapted.ordered_election;
+        cfg.barrier_epochs = adapted.barrier_epochs;
+        changed
+    }
+
+    /// Whether elections currently go by the fabric's order.
+    pub fn ordered_election(&self) -> bool {
+        self.raft.cfg.ordered_election
+    }
+
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.raft.tick();

@@ -373,3 +373,23 @@ fn leader_appends_may_go_before_the_fsync_votes_may_not() {
         "its own copy is persisted in the same Ready"
     );
 }
+
+/// A fabric that withdraws `total_order` at run time (ptp beyond ε) turns ordered
+/// elections off, and back on when it returns; asking again changes nothing.
+#[test]
+fn elections_follow_the_fabrics_order_as_it_changes() {
+    use weft_raft::{Membership, Persisted, RawNode};
+    let caps = |total_order| weft_transport::Capabilities {
+        total_order,
+        loopback: true,
+        ..Default::default()
+    };
+    let cfg = Config::new(NodeId(1)).for_fabric(&caps(true));
+    let voters = Membership::with_voters((1..=3).map(NodeId));
+    let mut node = RawNode::new(cfg, voters, Persisted::default()).unwrap();
+    assert!(node.ordered_election());
+    assert!(node.adapt_to_fabric(&caps(false)), "withdrawn: a change");
+    assert!(!node.ordered_election());
+    assert!(!node.adapt_to_fabric(&caps(false)), "no change the second time");
+    assert!(node.adapt_to_fabric(&caps(true)) && node.ordered_election());
+}

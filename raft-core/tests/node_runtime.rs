@@ -301,3 +301,63 @@ fn a_request_the_cluster_cannot_answer_times_out() {
         started.elapsed()
     );
 }
+
+/// On bare `ptp` the nodes start with ordered elections; when one member's clock is off by
+/// more than ε the fabric withdraws `total_order`, every node falls back to ordinary Raft
+/// elections, and the cluster keeps committing and electing.
+#[test]
+fn clocks_beyond_epsilon_turn_ordered_elections_off_and_raft_carries_on() {
+    use std::sync::Arc;
+    use weft_transport::backend::ptp::PtpTransport;
+    use weft_transport::clock::{Clock, ShiftedClock};
+    use weft_transport::{Counters, NodeSpec};
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        })
+        .collect();
+    let ptp = PtpConfig {
+        max_datagram: 65507,
+        epsilon_us: 1_000,
+        sync_interval_ms: 20,
+        ..PtpConfig::default()
+    };
+    // Node 3's clock is 8 ms ahead: beyond ε = 1 ms, but within every message's patience.
+    let nodes: Vec<Node> = (1..=3u32)
+        .map(|i| {
+            let mut cfg = TransportConfig::mem(0xA0DE_0105, NodeId(i), 3);
+            cfg.nodes = NodeSpec::numbered(&addrs);
+            cfg.backend = BackendConfig::Ptp(ptp.clone());
+            let clock: Arc<dyn Clock> = Arc::new(ShiftedClock {
+                offset_ns: if i == 3 { 8_000_000 } else { 0 },
+                epsilon: std::time::Duration::from_millis(1),
+            });
+            let t =
+                PtpTransport::with_clock(&cfg, &ptp, clock, None, Arc::new(Counters::default()))
+                    .unwrap();
+            start_on(Box::new(t), i, 3, |_| {})
+        })
+        .collect();
+    let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h
+        .iter()
+        .flatten()
+        .any(|n| n.status().is_some_and(|s| s.ordered_elections))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "ordered elections never turned off"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in h.iter().flatten() {
+        let s = n.status().unwrap();
+        assert!(!s.total_order && !s.ordered_elections, "{s:?}");
+    }
+    for i in 0..20u64 {
+        write(&h, &put(9, i + 1, "k", &format!("v{i}")));
+    }
+    assert_eq!(read(&h, "k").as_deref(), Some(&b"v19"[..]));
+}

@@ -37,6 +37,30 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock moved by a fixed offset, claiming `epsilon`: a member whose
+/// synchronization failed, for fault tests of deadline ordering and its monitor.
+#[derive(Clone, Copy, Debug)]
+pub struct ShiftedClock {
+    /// Nanoseconds added to the system clock.
+    pub offset_ns: i64,
+    /// The bound it (wrongly) claims.
+    pub epsilon: Duration,
+}
+
+impl Clock for ShiftedClock {
+    fn now_ns(&self) -> i64 {
+        SystemClock {
+            epsilon: self.epsilon,
+        }
+        .now_ns()
+            + self.offset_ns
+    }
+
+    fn epsilon(&self) -> Duration {
+        self.epsilon
+    }
+}
+
 /// A PTP hardware clock (`/dev/ptpN`, the NIC's own clock that `ptp4l` disciplines and
 /// that hardware receive timestamps are taken on), read with `clock_gettime` on its
 /// dynamic clock id. Reading it costs a system call, but it is the clock the packets were

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weft_transport::backend::ptp::PtpTransport;
-use weft_transport::clock::{Clock, SystemClock};
+use weft_transport::clock::{Clock, ShiftedClock};
 use weft_transport::{
     open, BackendConfig, Capability, Counters, NodeId, NodeSpec, PtpConfig, Transport,
     TransportConfig,
@@ -45,22 +45,12 @@ fn shifted_member(
     ptp: &PtpConfig,
     shift_ns: i64,
 ) -> PtpTransport {
-    let clock: Arc<dyn Clock> = Arc::new(Shifted(shift_ns, Duration::from_millis(1)));
+    let clock: Arc<dyn Clock> = Arc::new(ShiftedClock {
+        offset_ns: shift_ns,
+        epsilon: Duration::from_millis(1),
+    });
     let cfg = config(cluster, id, addrs, ptp.clone());
     PtpTransport::with_clock(&cfg, ptp, clock, None, Arc::new(Counters::default())).unwrap()
-}
-
-/// The system clock shifted by a fixed offset: a member whose synchronization failed.
-struct Shifted(i64, Duration);
-
-impl Clock for Shifted {
-    fn now_ns(&self) -> i64 {
-        SystemClock { epsilon: self.1 }.now_ns() + self.0
-    }
-
-    fn epsilon(&self) -> Duration {
-        self.1
-    }
 }
 
 #[test]

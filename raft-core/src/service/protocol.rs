@@ -393,6 +393,7 @@ mod tests {
                 delay_ns: 40_000,
             }],
             total_order: true,
+            ordered_elections: true,
         };
         for body in [
             Reply::Value { value: None },
