@@ -390,6 +390,9 @@ fn elections_follow_the_fabrics_order_as_it_changes() {
     assert!(node.ordered_election());
     assert!(node.adapt_to_fabric(&caps(false)), "withdrawn: a change");
     assert!(!node.ordered_election());
-    assert!(!node.adapt_to_fabric(&caps(false)), "no change the second time");
+    assert!(
+        !node.adapt_to_fabric(&caps(false)),
+        "no change the second time"
+    );
     assert!(node.adapt_to_fabric(&caps(true)) && node.ordered_election());
 }
