@@ -51,10 +51,7 @@ const FABRICS: [Fabric; 6] = [
                 ..UdpConfig::default()
             })
         },
-        layers: || {
-            use LayerKind::*;
-            vec![Fragment, Fifo, Reliable, Auth]
-        },
+        layers: production_layers,
     },
     Fabric {
         name: "ptp",
@@ -64,10 +61,7 @@ const FABRICS: [Fabric; 6] = [
                 ..PtpConfig::default()
             })
         },
-        layers: || {
-            use LayerKind::*;
-            vec![Fragment, Fifo, Reliable, Auth]
-        },
+        layers: production_layers,
     },
     Fabric {
         name: "vortex",
@@ -100,6 +94,12 @@ const FABRICS: [Fabric; 6] = [
         layers: Vec::new,
     },
 ];
+
+/// The stack a production cluster puts on a datagram fabric.
+fn production_layers() -> Vec<LayerKind> {
+    use LayerKind::*;
+    vec![Fragment, Fifo, Reliable, Auth]
+}
 
 /// Names the real RDMA device to benchmark; without it `rdma-nic` is skipped.
 const NIC: &str = "WEFT_RDMA_DEVICE";
