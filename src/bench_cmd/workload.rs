@@ -4,6 +4,8 @@
 //! clients), requests per second for the whole run, mean time per request — plus the
 //! latency distribution.
 
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,29 @@ pub struct CellResult {
     pub leader_disk_bytes: Option<u64>,
 }
 
+/// A progress bar on a terminal while the clients work (nothing in logs: each cell
+/// prints its own line when it ends).
+fn show_progress<T>(done: &AtomicU64, entries: u64, workers: &[std::thread::JoinHandle<T>]) {
+    let mut err = std::io::stderr();
+    if !err.is_terminal() {
+        return;
+    }
+    while workers.iter().any(|w| !w.is_finished()) {
+        let n = done.load(Ordering::Relaxed).min(entries);
+        let filled = (n * 30 / entries) as usize;
+        let _ = write!(
+            err,
+            "\r  [{}{}] {:>3} % ({n}/{entries} puts)",
+            "#".repeat(filled),
+            ".".repeat(30 - filled),
+            n * 100 / entries
+        );
+        let _ = err.flush();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = write!(err, "\r{}\r", " ".repeat(60));
+}
+
 /// Mean and (population) standard deviation.
 pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {
@@ -78,11 +103,12 @@ pub fn run(
         "a run needs clients and entries"
     );
     let start_line = Arc::new(Barrier::new(clients as usize + 1));
+    let done = Arc::new(AtomicU64::new(0));
     let value = Bytes::from(vec![b'w'; size]);
     let workers = (0..clients)
         .map(|i| {
             let mut client = connect()?;
-            let (start_line, value) = (start_line.clone(), value.clone());
+            let (start_line, value, done) = (start_line.clone(), value.clone(), done.clone());
             let n = share(entries, clients, i);
             std::thread::Builder::new()
                 .name(format!("bench-client-{i}"))
@@ -100,6 +126,7 @@ pub fn run(
                             Ok(_) => rec.record(t.elapsed()),
                             Err(_) => errors += 1,
                         }
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok::<_, anyhow::Error>((began.elapsed(), rec, errors))
                 })
@@ -108,6 +135,7 @@ pub fn run(
         .collect::<anyhow::Result<Vec<_>>>()?;
     start_line.wait();
     let began = Instant::now();
+    show_progress(&done, entries, &workers);
     let mut all = Recorder::new()?;
     let (mut durations, mut errors) = (Vec::new(), 0);
     for w in workers {
