@@ -75,9 +75,10 @@ impl AdaptiveDelta {
     /// The Δ to stamp with now.
     pub fn current(&self) -> Duration {
         let ns = match self.samples.iter().max() {
-            Some(m) if self.samples.len() >= Self::MIN_SAMPLES => {
-                (m + m / 4 + self.epsilon_ns).clamp(self.min_ns, self.max_ns)
-            }
+            Some(m) if self.samples.len() >= Self::MIN_SAMPLES => m
+                .saturating_add(m / 4)
+                .saturating_add(self.epsilon_ns)
+                .clamp(self.min_ns, self.max_ns),
             _ => self.max_ns,
         };
         Duration::from_nanos(ns as u64)
@@ -193,13 +194,17 @@ pub struct Exchange {
 impl Exchange {
     /// The peer's clock minus the local one, assuming symmetric paths (IEEE 1588's
     /// estimate; an asymmetry `a` skews it by `a / 2`).
+    /// Saturates rather than overflows: the peer's times come off the wire.
     pub fn offset_ns(&self) -> i64 {
-        ((self.t2 - self.t1) + (self.t3 - self.t4)) / 2
+        let out = self.t2.saturating_sub(self.t1);
+        let back = self.t3.saturating_sub(self.t4);
+        out / 2 + back / 2
     }
 
-    /// The round-trip delay without the peer's turnaround.
+    /// The round-trip delay without the peer's turnaround (saturating, like the offset).
     pub fn delay_ns(&self) -> i64 {
-        (self.t4 - self.t1) - (self.t3 - self.t2)
+        let round = self.t4.saturating_sub(self.t1);
+        round.saturating_sub(self.t3.saturating_sub(self.t2))
     }
 }
 
@@ -239,6 +244,11 @@ impl ClockMonitor {
     /// Latest (offset, delay) to `peer`, in ns.
     pub fn of(&self, peer: NodeId) -> Option<(i64, i64)> {
         self.peers.get(&peer).copied()
+    }
+
+    /// How many peers have been measured.
+    pub fn measured(&self) -> usize {
+        self.peers.len()
     }
 
     /// Whether every measured offset is within ε.

@@ -164,7 +164,8 @@ impl PtpTransport {
             stamper: Mutex::new(DeadlineSender::new(cfg.local)),
             delta: Mutex::new(delta),
             monitor: Mutex::new(ClockMonitor::new(epsilon)),
-            ordered: AtomicBool::new(true),
+            // Claimed only once every peer's clock was measured within ε.
+            ordered: AtomicBool::new(cfg.nodes.len() <= 1),
             counters,
             shutdown: AtomicBool::new(false),
             sync: Mutex::new(None),
@@ -179,6 +180,7 @@ impl PtpTransport {
             receiver: DeadlineReceiver::new(epsilon),
             sync_every: Duration::from_millis(ptp.sync_interval_ms),
             stamps,
+            max_hold_ns: (micros(ptp.delta_max_us) + epsilon).as_nanos() as i64,
         };
         let rx_thread = std::thread::Builder::new()
             .name(format!("weft-ptp-rx-{}", cfg.local))
@@ -231,14 +233,26 @@ impl PtpTransport {
 
 impl Shared {
     /// Frames `body` (kind byte and fields already in it) and sends it to each of `to`.
+    /// Sends to every one of `to` even if some fail; the first failure is the result.
     fn send_frame(&self, to: &[NodeId], body: &[u8]) -> Result<(), TransportError> {
         let frame = frame::encode(&FrameHeader::data(self.cluster, self.local), body);
+        let mut first_error = None;
         for id in to {
-            let addr = self.addrs.get(id).ok_or(TransportError::UnknownPeer(*id))?;
-            self.socket.send_to(&frame, addr)?;
-            Counters::bump(&self.counters.frames_sent);
+            let sent = match self.addrs.get(id) {
+                Some(addr) => self
+                    .socket
+                    .send_to(&frame, addr)
+                    .map_err(TransportError::from),
+                None => Err(TransportError::UnknownPeer(*id)),
+            };
+            match sent {
+                Ok(_) => Counters::bump(&self.counters.frames_sent),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stamps `msg` once and sends the same frame to every one of `to`.
@@ -279,7 +293,7 @@ impl Transport for PtpTransport {
     }
 
     fn broadcast(&self, msg: Bytes) -> Result<(), TransportError> {
-        self.shared.send_data(&self.peers, &msg)
+        self.multicast(&self.peers.clone(), msg)
     }
 
     /// One stamp for every recipient, so every copy has the same place in the order.
@@ -332,6 +346,8 @@ struct RxLoop {
     receiver: DeadlineReceiver<Bytes>,
     sync_every: Duration,
     stamps: Option<Source>,
+    /// Longest a message may be held: Δ's upper bound plus ε.
+    max_hold_ns: i64,
 }
 
 /// Reads one little-endian `i64` off the front of a byte slice.
@@ -359,36 +375,33 @@ impl RxLoop {
                     Duration::from_nanos(due.saturating_sub(now).max(0) as u64)
                 })
                 .clamp(MIN_BLOCK, MAX_BLOCK);
-            let readable = rx_timestamp::wait_readable(&self.shared.socket, block);
-            let received = match readable {
-                Ok(true) => rx_timestamp::try_recv_from(&self.shared.socket, &mut buf),
-                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            };
-            match received {
-                Ok(r) => {
-                    let arrival = match (r.stamp, self.stamps) {
-                        (Some((ns, got)), Some(want)) if got == want => ns,
-                        _ => self.shared.clock.now_ns(),
-                    };
-                    let datagram = &buf[..r.len];
-                    if !self.handle(datagram, r.from, arrival) {
-                        return;
+            if let Err(e) = rx_timestamp::wait_readable(&self.shared.socket, block) {
+                tracing::debug!(node = %self.shared.local, error = %e, "ptp wait failed");
+                std::thread::sleep(MIN_BLOCK);
+            }
+            // Everything queued arrived before this reading: take it all before releasing,
+            // or a burst left in the socket would come out behind later stamps (late).
+            let now = self.shared.clock.now_ns();
+            loop {
+                match rx_timestamp::try_recv_from(&self.shared.socket, &mut buf) {
+                    Ok(r) => {
+                        let arrival = match (r.stamp, self.stamps) {
+                            (Some((ns, got)), Some(want)) if got == want => ns,
+                            _ => self.shared.clock.now_ns(),
+                        };
+                        if !self.handle(&buf[..r.len], r.from, arrival) {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!(node = %self.shared.local, error = %e, "ptp recv failed");
+                        break;
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    tracing::debug!(node = %self.shared.local, error = %e, "ptp recv failed");
-                    std::thread::sleep(MIN_BLOCK);
-                }
             }
-            for (stamp, msg) in self.receiver.release(self.shared.clock.now_ns()) {
+            for (stamp, msg) in self.receiver.release(now) {
                 if !self.deliver(stamp.sender, msg) {
                     return;
                 }
@@ -458,12 +471,20 @@ impl RxLoop {
                     sent_ns,
                 };
                 if from != s.local {
-                    lock(&s.delta).observe(arrival - sent_ns);
+                    lock(&s.delta).observe(arrival.saturating_sub(sent_ns));
                 }
-                match self
-                    .receiver
-                    .arrive(stamp, Bytes::copy_from_slice(rest), arrival)
-                {
+                let msg = Bytes::copy_from_slice(rest);
+                // Without the guarantee (clocks beyond ε) holding buys nothing; and a
+                // deadline further ahead than any Δ is a sender's clock fault, not a reason
+                // to hold the message for as long.
+                let too_far = deadline_ns > arrival.saturating_add(self.max_hold_ns);
+                if !s.ordered.load(Ordering::Acquire) || too_far {
+                    if too_far {
+                        Counters::bump(&s.counters.late_deliveries);
+                    }
+                    return self.deliver(from, msg);
+                }
+                match self.receiver.arrive(stamp, msg, arrival) {
                     Arrival::Held => true,
                     Arrival::Late(stamp, msg) => {
                         Counters::bump(&s.counters.late_deliveries);
@@ -499,9 +520,14 @@ impl RxLoop {
                     t3,
                     t4: arrival,
                 };
-                let ok = lock(&s.monitor).record(from, x);
+                let (within, measured) = {
+                    let mut monitor = lock(&s.monitor);
+                    (monitor.record(from, x), monitor.measured())
+                };
+                // Claimed only with every peer measured, and every one within ε.
+                let ok = within && measured + 1 >= self.members.len();
                 if s.ordered.swap(ok, Ordering::AcqRel) != ok && ok {
-                    tracing::info!(peer = %from, "clock offsets within epsilon again: total_order restored");
+                    tracing::info!(peer = %from, "every peer's clock within epsilon: total_order restored");
                 }
                 true
             }

@@ -69,8 +69,9 @@ impl Shared {
 pub struct LayeredTransport {
     shared: Arc<Shared>,
     inbox: Receiver<Delivery>,
-    caps: Capabilities,
-    /// `caps` without `total_order`: what the stack gives while the backend withdraws it.
+    /// The stack's guarantees with and without `total_order`, which the stack has exactly
+    /// while the backend has it (a `ptp` backend claims it only while clocks agree).
+    ordered: Capabilities,
     unordered: Capabilities,
     local: NodeId,
     peers: Vec<NodeId>,
@@ -83,10 +84,16 @@ impl LayeredTransport {
     pub fn new(backend: Box<dyn Transport>, stack: Stack) -> std::io::Result<LayeredTransport> {
         let counters = Arc::clone(&stack.counters);
         let caps = stack.capabilities().clone();
-        let unordered = Capabilities {
-            total_order: false,
-            ..caps.clone()
-        };
+        let (ordered, unordered) = (
+            Capabilities {
+                total_order: true,
+                ..caps.clone()
+            },
+            Capabilities {
+                total_order: false,
+                ..caps.clone()
+            },
+        );
         let local = backend.local();
         let peers = backend.peers().to_vec();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -103,7 +110,7 @@ impl LayeredTransport {
         Ok(LayeredTransport {
             shared,
             inbox: rx,
-            caps,
+            ordered,
             unordered,
             local,
             peers,
@@ -121,7 +128,7 @@ impl LayeredTransport {
         let emitted = self.shared.emit(out, 0);
         // Unreliable stacks report the backend's refusal; reliable ones will retransmit.
         match result {
-            Ok(()) if !self.caps.reliable => emitted,
+            Ok(()) if !self.unordered.reliable => emitted,
             other => other,
         }
     }
@@ -183,13 +190,13 @@ impl Transport for LayeredTransport {
         &self.peers
     }
 
-    /// The stack's guarantees; `total_order` only while the backend still gives it (a
-    /// `ptp` backend withdraws it when clocks drift beyond ε).
+    /// The stack's guarantees, with `total_order` exactly while the backend gives it (a
+    /// `ptp` backend claims it once clocks are measured within ε, withdraws it beyond).
     fn capabilities(&self) -> &Capabilities {
-        if self.caps.total_order && !self.shared.backend.capabilities().total_order {
-            &self.unordered
+        if self.shared.backend.capabilities().total_order {
+            &self.ordered
         } else {
-            &self.caps
+            &self.unordered
         }
     }
 
