@@ -79,8 +79,9 @@ impl EmulatedRc {
             remote_ring,
             remote_credit,
         };
-        // One receive per possible record in flight: a ring holds at most capacity / 8.
-        for i in 0..(c.ring.len() / 8).max(1) {
+        // One receive per possible record in flight: a ring holds at most capacity / 8,
+        // plus the two wrap records `ring::min_record` keeps room for.
+        for i in 0..c.local_records() {
             let _ = c.ep.qp.post_recv(i as u64);
         }
         c
@@ -140,6 +141,14 @@ impl RcConnection for EmulatedRc {
 
     fn local_capacity(&self) -> usize {
         self.ring.len()
+    }
+
+    fn remote_records(&self) -> usize {
+        self.remote_ring.len / 8 + 2
+    }
+
+    fn local_records(&self) -> usize {
+        self.ring.len() / 8 + 2
     }
 
     fn write_ring(&self, offset: usize, data: &[u8], imm: u32) -> Result<(), RingError> {

@@ -22,11 +22,11 @@ use crate::NodeId;
 /// First bytes of every handshake frame.
 const MAGIC: [u8; 8] = *b"WEFTRDMA";
 /// Version of the frames below; a peer speaking another is refused.
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 /// Hello: magic, version, cluster id, sender, intended receiver.
 const HELLO_LEN: usize = 8 + 2 + 8 + 4 + 4;
 /// A [`QpInfo`] on the wire.
-const INFO_LEN: usize = 8 + 2 + 4 + 4 + 2 + 16 + 8 + 4 + 8 + 8 + 4 + 1;
+const INFO_LEN: usize = 8 + 2 + 4 + 4 + 2 + 16 + 8 + 4 + 8 + 8 + 4 + 1 + 4;
 /// Pause between attempts to dial a peer that is not listening yet.
 const REDIAL: Duration = Duration::from_millis(50);
 
@@ -92,6 +92,8 @@ pub struct QpInfo {
     pub credit_rkey: u32,
     /// Its port's active path MTU (the verbs `ibv_mtu` code); the pair uses the smaller.
     pub mtu: u8,
+    /// Receive requests it keeps posted: how many records may be in flight to it.
+    pub recv_depth: u32,
 }
 
 impl QpInfo {
@@ -111,6 +113,7 @@ impl QpInfo {
         w.put(&self.credit_addr.to_le_bytes());
         w.put(&self.credit_rkey.to_le_bytes());
         w.put(&[self.mtu]);
+        w.put(&self.recv_depth.to_le_bytes());
         b
     }
 
@@ -135,7 +138,14 @@ impl QpInfo {
             credit_addr: r.u64(),
             credit_rkey: r.u32(),
             mtu: r.take::<1>()[0],
+            recv_depth: r.u32(),
         };
+        if info.recv_depth < 3 {
+            return Err(format!(
+                "{} posted receives are too few for the ring protocol (at least 3)",
+                info.recv_depth
+            ));
+        }
         if info.ring_len == 0 || info.ring_len % 8 != 0 {
             return Err(format!(
                 "ring of {} bytes is not a positive multiple of 8",
@@ -416,6 +426,7 @@ mod tests {
             credit_addr: u64::from(seed) << 12,
             credit_rkey: seed ^ 0xaaaa,
             mtu: 5,
+            recv_depth: 4096,
         }
     }
 

@@ -59,6 +59,11 @@ pub trait RcConnection: Send + Sync {
     fn remote_capacity(&self) -> usize;
     /// Capacity of this side's ring.
     fn local_capacity(&self) -> usize;
+    /// Receive requests the peer keeps posted: how many records may be in flight to it
+    /// (each write-with-immediate consumes one; one more would stall the connection).
+    fn remote_records(&self) -> usize;
+    /// Receive requests this side keeps posted.
+    fn local_records(&self) -> usize;
     /// RDMA WRITE-with-immediate of `data` at `offset` of the peer's ring.
     fn write_ring(&self, offset: usize, data: &[u8], imm: u32) -> Result<(), RingError>;
     /// RDMA WRITE of `head` into the peer's credit word.

@@ -1,7 +1,8 @@
 //! The ring and credit protocol of one direction of a connection.
 //!
-//! Records are the payload padded to 8 bytes (at least 8), written at `tail mod capacity`; a record that
-//! would cross the end of the ring is preceded by a wrap record (immediate `WRAP | skip`)
+//! Records are the payload padded to 8 bytes and to at least [`min_record`] (so that the
+//! receiver's posted receive requests always outnumber the records in flight), written at
+//! `tail mod capacity`; a record that would cross the end of the ring is preceded by a wrap record (immediate `WRAP | skip`)
 //! that sends the reader back to the start. Positions are byte counts since the connection
 //! began (`u64`, never wrapping), so "free space" is `capacity − (tail − head)`.
 
@@ -12,11 +13,17 @@ use super::{RcConnection, RingError};
 /// Immediate flag of a wrap record; the low bits say how many bytes it skips.
 const WRAP: u32 = 1 << 31;
 
-/// Ring bytes a record of `len` takes: padded to 8, and never less than 8, so a ring of
-/// `capacity` bytes never has more than `capacity / 8` records (and posted receives) in
-/// flight.
-fn padded(len: usize) -> usize {
-    ((len + 7) & !7).max(8)
+/// The smallest record on a ring of `capacity` bytes whose receiver keeps `records`
+/// receive requests posted: large enough that a full ring never holds more records than
+/// there are receives (two are kept for wrap records, which may be smaller).
+pub fn min_record(capacity: usize, records: usize) -> usize {
+    let usable = records.saturating_sub(2).max(1);
+    (capacity.div_ceil(usable).max(8) + 7) & !7
+}
+
+/// Ring bytes a record of `len` takes: padded to 8, and never less than `min`.
+fn padded(len: usize, min: usize) -> usize {
+    ((len + 7) & !7).max(min)
 }
 
 /// The sending half: writes records into the peer's ring while credit allows.
@@ -24,6 +31,7 @@ pub struct RingSender<C: RcConnection> {
     conn: Arc<C>,
     tail: u64,
     head: u64,
+    min: usize,
 }
 
 impl<C: RcConnection> RingSender<C> {
@@ -34,10 +42,12 @@ impl<C: RcConnection> RingSender<C> {
             0,
             "ring capacity not a multiple of 8"
         );
+        let min = min_record(conn.remote_capacity(), conn.remote_records());
         RingSender {
             conn,
             tail: 0,
             head: 0,
+            min,
         }
     }
 
@@ -57,7 +67,7 @@ impl<C: RcConnection> RingSender<C> {
         }
         let cap = self.conn.remote_capacity();
         let pos = (self.tail % cap as u64) as usize;
-        let need = padded(msg.len());
+        let need = padded(msg.len(), self.min);
         let skip = if pos + need > cap { cap - pos } else { 0 };
         let total = skip + need;
         if self.tail + total as u64 - self.head > cap as u64 {
@@ -83,17 +93,20 @@ pub struct RingReceiver<C: RcConnection> {
     credited: u64,
     imms: Vec<u32>,
     next: usize,
+    min: usize,
 }
 
 impl<C: RcConnection> RingReceiver<C> {
     /// The receiver of `conn`.
     pub fn new(conn: Arc<C>) -> RingReceiver<C> {
+        let min = min_record(conn.local_capacity(), conn.local_records());
         RingReceiver {
             conn,
             head: 0,
             credited: 0,
             imms: Vec::new(),
             next: 0,
+            min,
         }
     }
 
@@ -136,7 +149,7 @@ impl<C: RcConnection> RingReceiver<C> {
             buf.resize(len, 0);
             self.conn.read_ring(pos, &mut buf)?;
             deliver(&buf);
-            self.head += padded(len) as u64;
+            self.head += padded(len, self.min) as u64;
             n += 1;
         }
         // Credit goes back every quarter ring, and whenever everything that arrived has been
@@ -144,9 +157,36 @@ impl<C: RcConnection> RingReceiver<C> {
         // skipped bytes too) would otherwise wait for credit that never comes.
         let drained = self.next == self.imms.len();
         if self.head - self.credited >= cap as u64 / 4 || (drained && self.head > self.credited) {
-            self.conn.write_credit(self.head)?;
-            self.credited = self.head;
+            match self.conn.write_credit(self.head) {
+                Ok(()) => self.credited = self.head,
+                // The send queue is backed up: the credit goes out with a later poll.
+                Err(RingError::Full { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_ring_never_holds_more_records_than_posted_receives() {
+        for (cap, records) in [(4 << 20, 4096), (4096, 514), (1 << 20, 3), (65536, 100)] {
+            let min = min_record(cap, records);
+            assert_eq!(min % 8, 0);
+            // Records of at least `min` bytes in a full ring, plus two wrap records.
+            assert!(
+                cap / min + 2 <= records,
+                "cap {cap}, {records} receives: min {min}"
+            );
+        }
+        // The emulation posts capacity / 8 + 2 receives: records keep their 8-byte floor.
+        assert_eq!(min_record(4096, 4096 / 8 + 2), 8);
+        assert_eq!(padded(1, 8), 8);
+        assert_eq!(padded(9, 1032), 1032);
+        assert_eq!(padded(2000, 1032), 2000);
     }
 }

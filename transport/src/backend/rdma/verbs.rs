@@ -33,6 +33,8 @@ use crate::{NodeId, RdmaConfig};
 const LINK_LAYER_ETHERNET: u8 = 2;
 /// Receive requests kept posted per connection, unless the device allows fewer.
 const RECV_DEPTH: u32 = 4096;
+/// How long a post waits for the send queue to drain before reporting it full.
+const SEND_QUEUE_PATIENCE: Duration = Duration::from_millis(10);
 /// Work completions taken per `ibv_poll_cq` call.
 const POLL_BATCH: usize = 32;
 
@@ -297,6 +299,7 @@ struct PendingQp {
     ring: Region,
     credit: Region,
     inline_max: usize,
+    recv_depth: u32,
     psn: u32,
     dev: Arc<Device>,
 }
@@ -320,6 +323,7 @@ impl PendingQp {
             ring: Region::new(dev, ring_bytes, RW)?,
             credit: Region::new(dev, 8, RW)?,
             inline_max: INLINE_MAX,
+            recv_depth,
             psn: 0,
             dev: dev.clone(),
         };
@@ -400,6 +404,7 @@ impl PendingQp {
             credit_addr: self.credit.addr(),
             credit_rkey: self.credit.rkey(),
             mtu: self.dev.mtu,
+            recv_depth: self.recv_depth,
         }
     }
 
@@ -422,7 +427,8 @@ impl PendingQp {
                 attr.ah_attr.is_global = 1;
                 attr.ah_attr.grh.dgid.raw = remote.gid;
                 attr.ah_attr.grh.sgid_index = dev.gid_index;
-                attr.ah_attr.grh.hop_limit = 1;
+                // Enough for routed RoCEv2 (a hop limit of 1 dies at the first router).
+                attr.ah_attr.grh.hop_limit = 64;
             }
             let mask = ibv_qp_attr_mask::IBV_QP_STATE
                 | ibv_qp_attr_mask::IBV_QP_AV
@@ -464,6 +470,7 @@ impl PendingQp {
             ring: self.ring,
             credit: self.credit,
             inline_max: self.inline_max,
+            recv_depth: self.recv_depth,
             remote,
             _device: self.dev,
         })
@@ -508,6 +515,7 @@ pub struct VerbsRc {
     ring: Region,
     credit: Region,
     inline_max: usize,
+    recv_depth: u32,
     remote: QpInfo,
     /// Held, not used: the device must outlive the queue pair and the memory.
     _device: Arc<Device>,
@@ -532,9 +540,16 @@ impl VerbsRc {
     ) -> Result<(), RingError> {
         let mut guard = self.posting.lock().unwrap_or_else(|p| p.into_inner());
         let posting = &mut *guard;
+        // A queue that stays full means the peer's NIC is not completing our writes (it
+        // stopped, or cannot keep up): report back-pressure rather than spin holding the
+        // lock the credit writer needs too.
+        let give_up = std::time::Instant::now() + SEND_QUEUE_PATIENCE;
         let (wr_id, signaled) = loop {
             match posting.queue.reserve() {
                 Some(next) => break next,
+                None if std::time::Instant::now() > give_up => {
+                    return Err(RingError::Full { need: data.len() })
+                }
                 None => self.reap(&mut posting.queue)?,
             }
         };
@@ -632,6 +647,14 @@ impl RcConnection for VerbsRc {
 
     fn local_capacity(&self) -> usize {
         self.ring.len()
+    }
+
+    fn remote_records(&self) -> usize {
+        self.remote.recv_depth as usize
+    }
+
+    fn local_records(&self) -> usize {
+        self.recv_depth as usize
     }
 
     fn write_ring(&self, offset: usize, data: &[u8], imm: u32) -> Result<(), RingError> {
