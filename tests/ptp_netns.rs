@@ -223,9 +223,25 @@ fn three_hosts_synchronize_with_weft_ptp_and_run_raft() {
             break (worst, status);
         }
     };
+    let synchronized = started.elapsed();
+    // Then they stay within ε: four more readings over two seconds.
+    let mut steady = 0.0f64;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(500));
+        let status = hosts
+            .weft(&exe, &["status", "--config", cfg])
+            .unwrap_or_default();
+        let (values, ordered) = offsets(&status);
+        assert!(
+            ordered && values.len() == 6,
+            "lost synchronization:\n{status}"
+        );
+        steady = values.iter().fold(steady, |m, v| m.max(v.abs()));
+    }
+    assert!(steady < EPSILON_US as f64, "{steady} µs");
     eprintln!(
-        "synchronized in {:?}, worst measured offset {worst:.1} µs:\n{status}",
-        started.elapsed()
+        "synchronized in {synchronized:?} (worst offset then {worst:.1} µs); over the next \
+         2 s the worst measured offset was {steady:.1} µs:\n{status}"
     );
     // The clocks really started apart: each node first measured offsets beyond ε and
     // withdrew total order, then restored it once synchronized.

@@ -7,8 +7,8 @@
 //! [`PtpSync`] runs the PTP port on a thread of its own. It is transport-agnostic: PTP
 //! packets come in through a channel with their arrival time and go out through a closure
 //! (the `ptp` backend carries them in its own frames, so no extra socket or port is
-//! needed). Event messages are timestamped on the software clock right after sending and
-//! as they arrive. The best-master algorithm picks the member with the lowest clock
+//! needed). Event messages are timestamped on the software clock as they leave and as they
+//! arrive. The best-master algorithm picks the member with the lowest clock
 //! identity (the lowest node id) as the master.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -234,8 +234,11 @@ fn perform(
     for action in actions {
         match action {
             PortAction::SendEvent { context, data, .. } => {
+                // Stamped as the packet leaves for the first peer, as a multicast would be:
+                // stamping after the sends to every peer would skew the others' offsets.
+                let at = statime::Clock::now(clock);
                 send(data);
-                sent.push((context, statime::Clock::now(clock)));
+                sent.push((context, at));
             }
             PortAction::SendGeneral { data, .. } => send(data),
             PortAction::ResetAnnounceTimer { duration } => timers.announce = at(duration),
