@@ -42,7 +42,7 @@ pub enum HandshakeError {
         source: std::io::Error,
     },
     /// A peer did not connect, or did not answer, before the deadline.
-    #[error("rdma handshake with node {peer} ({addr}) timed out after {after:?}: is it started, and is its addr right?")]
+    #[error("rdma handshake with node {peer} ({addr}) timed out after {after:?}: is it started, and is its addr right? (members connect when they open together: one restarted alone cannot rejoin running peers yet; restart them too)")]
     Timeout {
         /// The peer.
         peer: NodeId,
