@@ -104,8 +104,9 @@ pub fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "clocks at node {id} (total_order {}): {}",
+            "clocks at node {id} (total_order {}, {} elections): {}",
             if s.total_order { "on" } else { "WITHDRAWN" },
+            if s.ordered_elections { "ordered" } else { "ordinary" },
             peers.join(", ")
         );
     }
