@@ -106,7 +106,11 @@ pub fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
         println!(
             "clocks at node {id} (total_order {}, {} elections): {}",
             if s.total_order { "on" } else { "WITHDRAWN" },
-            if s.ordered_elections { "ordered" } else { "ordinary" },
+            if s.ordered_elections {
+                "ordered"
+            } else {
+                "ordinary"
+            },
             peers.join(", ")
         );
     }
