@@ -44,7 +44,11 @@ pub struct AdaptiveDelta {
     min_ns: i64,
     max_ns: i64,
     epsilon_ns: i64,
-    samples: VecDeque<i64>,
+    /// Samples observed so far.
+    seen: u64,
+    /// The candidates for the window's maximum, (sample number, delay) with delays
+    /// decreasing: the front is the maximum, so `current` (every send) is O(1).
+    maxima: VecDeque<(u64, i64)>,
 }
 
 impl AdaptiveDelta {
@@ -59,23 +63,34 @@ impl AdaptiveDelta {
             min_ns: nanos(min),
             max_ns: nanos(max.max(min)),
             epsilon_ns: nanos(epsilon),
-            samples: VecDeque::new(),
+            seen: 0,
+            maxima: VecDeque::new(),
         }
     }
 
     /// Records one measured one-way delay (receiver's clock at arrival minus sender's at
     /// send: it includes their offset, which is within ε).
     pub fn observe(&mut self, delay_ns: i64) {
-        if self.samples.len() == Self::WINDOW {
-            self.samples.pop_front();
+        let (n, delay) = (self.seen, delay_ns.max(0));
+        self.seen += 1;
+        // A sample no larger than this one, and older, can never be the maximum again.
+        while self.maxima.back().is_some_and(|(_, d)| *d <= delay) {
+            self.maxima.pop_back();
         }
-        self.samples.push_back(delay_ns.max(0));
+        self.maxima.push_back((n, delay));
+        while self
+            .maxima
+            .front()
+            .is_some_and(|(i, _)| i + Self::WINDOW as u64 <= n)
+        {
+            self.maxima.pop_front();
+        }
     }
 
     /// The Δ to stamp with now.
     pub fn current(&self) -> Duration {
-        let ns = match self.samples.iter().max() {
-            Some(m) if self.samples.len() >= Self::MIN_SAMPLES => m
+        let ns = match self.maxima.front() {
+            Some((_, m)) if self.seen >= Self::MIN_SAMPLES as u64 => m
                 .saturating_add(m / 4)
                 .saturating_add(self.epsilon_ns)
                 .clamp(self.min_ns, self.max_ns),
