@@ -76,13 +76,23 @@ impl Config {
     /// the largest message the transport takes (less room for the message's own fields),
     /// so a fabric without the fragment layer is not handed batches it must refuse.
     pub fn for_fabric(mut self, caps: &Capabilities) -> Config {
-        self.ordered_election = caps.total_order && caps.loopback;
-        self.barrier_epochs = self.ordered_election && caps.barrier;
+        self.follow_order(caps);
         if caps.max_message > 0 {
             let room = caps.max_message.saturating_sub(APPEND_FIELDS).max(1);
             self.max_bytes_per_append = self.max_bytes_per_append.min(room);
         }
         self
+    }
+
+    /// The election settings `caps` allow (the part of [`Config::for_fabric`] that can
+    /// change at run time); returns whether they changed.
+    pub(crate) fn follow_order(&mut self, caps: &Capabilities) -> bool {
+        let ordered = caps.total_order && caps.loopback;
+        let epochs = ordered && caps.barrier;
+        let changed = (self.ordered_election, self.barrier_epochs) != (ordered, epochs);
+        self.ordered_election = ordered;
+        self.barrier_epochs = epochs;
+        changed
     }
 
     /// Checks the settings fit together.

@@ -110,13 +110,7 @@ impl RawNode {
     /// clocks drift beyond ε): elections then fall back to ordinary Raft, and return to
     /// ordered ones when the guarantee does. Returns whether anything changed.
     pub fn adapt_to_fabric(&mut self, caps: &weft_transport::Capabilities) -> bool {
-        let adapted = self.raft.cfg.clone().for_fabric(caps);
-        let cfg = &mut self.raft.cfg;
-        let changed = (cfg.ordered_election, cfg.barrier_epochs)
-            != (adapted.ordered_election, adapted.barrier_epochs);
-        cfg.ordered_election = adapted.ordered_election;
-        cfg.barrier_epochs = adapted.barrier_epochs;
-        changed
+        self.raft.cfg.follow_order(caps)
     }
 
     /// Whether elections currently go by the fabric's order.
