@@ -214,28 +214,36 @@ impl PtpTransport {
         let peers = self.peers.clone();
         let send = Box::new(move |packet: &[u8]| {
             if let Some(s) = shared.upgrade() {
-                let mut body = Vec::with_capacity(1 + packet.len());
-                body.push(PTP_PACKET);
-                body.extend_from_slice(packet);
-                let _ = s.send_frame(&peers, &body);
+                let _ = s.send_frame(&peers, PTP_PACKET, &[], packet);
             }
         });
         let sync = PtpSync::start(self.local, clock, SyncSettings::default(), send)?;
         *lock(&self.shared.sync) = Some(Arc::new(sync));
         Ok(())
     }
-
-    /// The Δ new messages are stamped with now.
-    pub fn delta(&self) -> Duration {
-        lock(&self.shared.delta).current()
-    }
 }
 
 impl Shared {
-    /// Frames `body` (kind byte and fields already in it) and sends it to each of `to`.
-    /// Sends to every one of `to` even if some fail; the first failure is the result.
-    fn send_frame(&self, to: &[NodeId], body: &[u8]) -> Result<(), TransportError> {
-        let frame = frame::encode(&FrameHeader::data(self.cluster, self.local), body);
+    /// Builds one frame — header, `kind`, `fields` (little-endian), `payload` — in one
+    /// buffer and sends it to each of `to`, even if some sends fail; the first failure is
+    /// the result.
+    fn send_frame(
+        &self,
+        to: &[NodeId],
+        kind: u8,
+        fields: &[i64],
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
+        let mut frame = Vec::with_capacity(HEADER_LEN + 1 + 8 * fields.len() + payload.len());
+        frame::encode_into(
+            &FrameHeader::data(self.cluster, self.local),
+            &[kind],
+            &mut frame,
+        );
+        for f in fields {
+            frame.extend_from_slice(&f.to_le_bytes());
+        }
+        frame.extend_from_slice(payload);
         let mut first_error = None;
         for id in to {
             let sent = match self.addrs.get(id) {
@@ -259,13 +267,8 @@ impl Shared {
     fn send_data(&self, to: &[NodeId], msg: &[u8]) -> Result<(), TransportError> {
         let delta = lock(&self.delta).current();
         let stamp = lock(&self.stamper).stamp(self.clock.now_ns(), delta);
-        let mut body = Vec::with_capacity(OVERHEAD + msg.len());
-        body.push(DATA);
-        body.extend_from_slice(&stamp.deadline_ns.to_le_bytes());
-        body.extend_from_slice(&stamp.sent_ns.to_le_bytes());
-        body.extend_from_slice(&stamp.seq.to_le_bytes());
-        body.extend_from_slice(msg);
-        self.send_frame(to, &body)
+        let fields = [stamp.deadline_ns, stamp.sent_ns, stamp.seq as i64];
+        self.send_frame(to, DATA, &fields, msg)
     }
 }
 
@@ -421,9 +424,8 @@ impl RxLoop {
             .copied()
             .filter(|m| *m != self.shared.local)
             .collect();
-        let mut body = vec![SYNC_REQUEST];
-        body.extend_from_slice(&self.shared.clock.now_ns().to_le_bytes());
-        if let Err(e) = self.shared.send_frame(&peers, &body) {
+        let t1 = self.shared.clock.now_ns();
+        if let Err(e) = self.shared.send_frame(&peers, SYNC_REQUEST, &[t1], &[]) {
             tracing::debug!(error = %e, "ptp time transfer request not sent");
         }
     }
@@ -502,11 +504,8 @@ impl RxLoop {
                     Counters::bump(&s.counters.rejected_malformed);
                     return true;
                 };
-                let mut body = vec![SYNC_REPLY];
-                for t in [t1, arrival, s.clock.now_ns()] {
-                    body.extend_from_slice(&t.to_le_bytes());
-                }
-                let _ = s.send_frame(&[from], &body);
+                let fields = [t1, arrival, s.clock.now_ns()];
+                let _ = s.send_frame(&[from], SYNC_REPLY, &fields, &[]);
                 true
             }
             SYNC_REPLY => {
