@@ -96,12 +96,7 @@ impl EmulatedRc {
     ) -> Result<(), RingError> {
         let mut posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
         let (staging, queue) = &mut *posting;
-        let (wr_id, signaled) = loop {
-            match queue.reserve() {
-                Some(next) => break next,
-                None => self.reap(queue)?,
-            }
-        };
+        let (wr_id, signaled) = queue.reserve_reaping(data.len(), |q| self.reap(q))?;
         let write = |data| Write {
             wr_id,
             data,

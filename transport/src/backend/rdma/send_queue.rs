@@ -8,6 +8,10 @@
 //! `every ≤ depth / 2`, a full queue always holds a signaled request, so reaping cannot
 //! wait forever on a healthy connection.
 
+use std::time::{Duration, Instant};
+
+use super::RingError;
+
 /// Records up to this size are posted inline (copied into the work request: no local key,
 /// no DMA read of the source).
 pub const INLINE_MAX: usize = 64;
@@ -15,6 +19,8 @@ pub const INLINE_MAX: usize = 64;
 pub const SIGNAL_EVERY: u64 = 64;
 /// Send queue slots per connection.
 pub const SEND_DEPTH: u64 = 4 * SIGNAL_EVERY;
+/// How long a post waits for a full send queue to drain.
+pub const PATIENCE: Duration = Duration::from_millis(10);
 
 /// The state of one send queue.
 #[derive(Debug)]
@@ -48,6 +54,25 @@ impl SendQueue {
         }
         self.posted += 1;
         Some((self.posted, self.posted % self.every == 0))
+    }
+
+    /// The next work request, reaping completions with `reap` while the queue is full. A
+    /// queue that stays full for [`PATIENCE`] means the peer's NIC is not completing the
+    /// writes (it stopped, or cannot keep up): that is reported as back-pressure
+    /// ([`RingError::Full`] for a record of `need` bytes) rather than spun on.
+    pub fn reserve_reaping(
+        &mut self,
+        need: usize,
+        mut reap: impl FnMut(&mut SendQueue) -> Result<(), RingError>,
+    ) -> Result<(u64, bool), RingError> {
+        let give_up = Instant::now() + PATIENCE;
+        loop {
+            match self.reserve() {
+                Some(next) => return Ok(next),
+                None if Instant::now() > give_up => return Err(RingError::Full { need }),
+                None => reap(self)?,
+            }
+        }
     }
 
     /// A signaled completion of request `id`: it and every earlier request are done.

@@ -33,8 +33,6 @@ use crate::{NodeId, RdmaConfig};
 const LINK_LAYER_ETHERNET: u8 = 2;
 /// Receive requests kept posted per connection, unless the device allows fewer.
 const RECV_DEPTH: u32 = 4096;
-/// How long a post waits for the send queue to drain before reporting it full.
-const SEND_QUEUE_PATIENCE: Duration = Duration::from_millis(10);
 /// Work completions taken per `ibv_poll_cq` call.
 const POLL_BATCH: usize = 32;
 
@@ -540,19 +538,9 @@ impl VerbsRc {
     ) -> Result<(), RingError> {
         let mut guard = self.posting.lock().unwrap_or_else(|p| p.into_inner());
         let posting = &mut *guard;
-        // A queue that stays full means the peer's NIC is not completing our writes (it
-        // stopped, or cannot keep up): report back-pressure rather than spin holding the
-        // lock the credit writer needs too.
-        let give_up = std::time::Instant::now() + SEND_QUEUE_PATIENCE;
-        let (wr_id, signaled) = loop {
-            match posting.queue.reserve() {
-                Some(next) => break next,
-                None if std::time::Instant::now() > give_up => {
-                    return Err(RingError::Full { need: data.len() })
-                }
-                None => self.reap(&mut posting.queue)?,
-            }
-        };
+        let (wr_id, signaled) = posting
+            .queue
+            .reserve_reaping(data.len(), |q| self.reap(q))?;
         let inline = data.len() <= self.inline_max;
         let mut sge = if inline {
             ibv_sge {
