@@ -8,7 +8,7 @@
 //!
 //! Hardware timestamps also need the NIC's timestamping switched on (`hwstamp_ctl -i IF -r 1`,
 //! or `ptp4l`, which does it); without that only software timestamps arrive, and
-//! [`recv_from`] reports which kind it got.
+//! [`try_recv_from`] reports which kind it got.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -64,18 +64,6 @@ pub struct Received {
     pub stamp: Option<(i64, Source)>,
 }
 
-/// Receives one datagram into `buf` with its kernel timestamp, waiting as the socket's
-/// settings say.
-pub fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-    receive(socket, buf, 0)
-}
-
-/// Like [`recv_from`], but returns `WouldBlock` at once when nothing is queued (for
-/// callers that wait with `poll`, whose timeouts are far finer than a socket's).
-pub fn try_recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-    receive(socket, buf, libc::MSG_DONTWAIT)
-}
-
 /// Waits until `socket` has a datagram queued or `timeout` passed (to the microsecond,
 /// unlike `SO_RCVTIMEO`, which counts in scheduler ticks of several ms). Returns whether
 /// one is queued.
@@ -105,7 +93,10 @@ pub fn wait_readable(socket: &UdpSocket, timeout: std::time::Duration) -> io::Re
     }
 }
 
-fn receive(socket: &UdpSocket, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
+/// Receives one queued datagram into `buf` with its kernel timestamp, or `WouldBlock` at
+/// once when nothing is queued: callers wait with [`wait_readable`], whose timeouts are far
+/// finer than a socket's.
+pub fn try_recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     // SAFETY: plain C structs, zero-initialized, filled in by recvmsg; every pointer in
     // `msg` points at a live local of the size given.
     unsafe {
@@ -123,7 +114,7 @@ fn receive(socket: &UdpSocket, buf: &mut [u8], flags: libc::c_int) -> io::Result
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = size_of::<[u64; 16]>();
-        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, flags);
+        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -182,6 +173,12 @@ fn to_socket_addr(a: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits up to a second for a datagram, the way the ptp backend receives.
+    fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+        wait_readable(socket, std::time::Duration::from_secs(1))?;
+        try_recv_from(socket, buf)
+    }
     use std::time::{SystemTime, UNIX_EPOCH};
 
     fn now_ns() -> i64 {

@@ -101,19 +101,6 @@ impl SoftwareClock {
             epsilon,
         }
     }
-
-    /// What this clock reads for a reading `raw_ns` of its underlying raw clock (to turn a
-    /// timestamp taken on the raw clock into this clock's time).
-    pub fn from_raw_ns(&self, raw_ns: i64) -> i64 {
-        let overlay = self.clock.0.lock().unwrap_or_else(|p| p.into_inner());
-        nanos(overlay.time_from_underlying(Time::from_nanos(raw_ns.max(0) as u64)))
-    }
-
-    /// The raw clock's reading now.
-    pub fn raw_ns(&self) -> i64 {
-        let overlay = self.clock.0.lock().unwrap_or_else(|p| p.into_inner());
-        overlay.underlying().read_ns()
-    }
 }
 
 impl Clock for SoftwareClock {
@@ -353,6 +340,21 @@ fn run_port(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SoftwareClock {
+        /// What this clock reads for a reading `raw_ns` of its underlying raw clock (to turn a
+        /// timestamp taken on the raw clock into this clock's time).
+        pub fn from_raw_ns(&self, raw_ns: i64) -> i64 {
+            let overlay = self.clock.0.lock().unwrap_or_else(|p| p.into_inner());
+            nanos(overlay.time_from_underlying(Time::from_nanos(raw_ns.max(0) as u64)))
+        }
+
+        /// The raw clock's reading now.
+        pub fn raw_ns(&self) -> i64 {
+            let overlay = self.clock.0.lock().unwrap_or_else(|p| p.into_inner());
+            overlay.underlying().read_ns()
+        }
+    }
 
     /// Members whose PTP packets a router thread passes to every other member, stamped
     /// with the receiver's clock on arrival.
