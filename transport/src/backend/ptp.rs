@@ -296,7 +296,7 @@ impl Transport for PtpTransport {
     }
 
     fn broadcast(&self, msg: Bytes) -> Result<(), TransportError> {
-        self.multicast(&self.peers.clone(), msg)
+        self.multicast(&self.peers, msg)
     }
 
     /// One stamp for every recipient, so every copy has the same place in the order.

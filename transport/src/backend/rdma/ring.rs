@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::{RcConnection, RingError};
 
 /// Immediate flag of a wrap record; the low bits say how many bytes it skips.
@@ -117,14 +119,13 @@ impl<C: RcConnection> RingReceiver<C> {
 
     /// Takes up to `max` messages that have arrived, in order, calling `deliver` on each;
     /// returns how many.
-    pub fn poll(&mut self, max: usize, mut deliver: impl FnMut(&[u8])) -> Result<usize, RingError> {
+    pub fn poll(&mut self, max: usize, mut deliver: impl FnMut(Bytes)) -> Result<usize, RingError> {
         if self.next == self.imms.len() {
             self.imms.clear();
             self.next = 0;
             self.conn.poll_arrivals(&mut self.imms)?;
         }
         let cap = self.conn.local_capacity();
-        let mut buf = Vec::new();
         let mut n = 0;
         while n < max && self.next < self.imms.len() {
             let imm = self.imms[self.next];
@@ -146,9 +147,10 @@ impl<C: RcConnection> RingReceiver<C> {
                     "record of {len} bytes at {pos} crosses the end of the ring of {cap}"
                 )));
             }
-            buf.resize(len, 0);
-            self.conn.read_ring(pos, &mut buf)?;
-            deliver(&buf);
+            // Read straight into the message handed on: one copy out of the ring.
+            let mut msg = vec![0u8; len];
+            self.conn.read_ring(pos, &mut msg)?;
+            deliver(Bytes::from(msg));
             self.head += padded(len, self.min) as u64;
             n += 1;
         }

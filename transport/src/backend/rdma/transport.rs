@@ -166,7 +166,7 @@ impl<C: RcConnection> Poller<C> {
                 let _ = tx.send(Delivery {
                     from: *from,
                     epoch: 0,
-                    bytes: Bytes::copy_from_slice(m),
+                    bytes: m,
                 });
             });
             got += r.as_ref().map_or(0, |n| *n);
@@ -232,7 +232,7 @@ impl<C: RcConnection + 'static> Transport for RdmaTransport<C> {
     }
 
     fn broadcast(&self, msg: Bytes) -> Result<(), TransportError> {
-        self.multicast(&self.peers.clone(), msg)
+        self.multicast(&self.peers, msg)
     }
 
     fn inbox(&self) -> &Receiver<Delivery> {
