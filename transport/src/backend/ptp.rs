@@ -452,7 +452,6 @@ impl RxLoop {
             &s.counters,
             datagram,
             from_addr,
-            true,
         ) else {
             return true;
         };

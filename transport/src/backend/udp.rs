@@ -326,7 +326,6 @@ impl RxLoop {
             &self.counters,
             datagram,
             from_addr,
-            false,
         ) else {
             return true;
         };
@@ -342,16 +341,16 @@ impl RxLoop {
 }
 
 /// Checks one datagram received by `local` of `cluster`: a well-formed frame of this
-/// cluster from one of `peers` (ascending), or from `local` itself if `self_ok`. Returns
-/// its source and payload, or counts and logs why it was rejected.
+/// cluster from one of `senders` (ascending: the peers, and the local node too on a fabric
+/// where it sends to itself). Returns its source and payload, or counts and logs why it
+/// was rejected.
 pub(crate) fn accept<'a>(
     cluster: u64,
     local: NodeId,
-    peers: &[NodeId],
+    senders: &[NodeId],
     counters: &Counters,
     datagram: &'a [u8],
     from_addr: SocketAddr,
-    self_ok: bool,
 ) -> Option<(NodeId, &'a [u8])> {
     Counters::bump(&counters.frames_received);
     let (header, payload) = match frame::decode_for(cluster, datagram) {
@@ -366,8 +365,7 @@ pub(crate) fn accept<'a>(
             return None;
         }
     };
-    let known = (self_ok || header.source != local) && peers.binary_search(&header.source).is_ok();
-    if !known {
+    if senders.binary_search(&header.source).is_err() {
         Counters::bump(&counters.rejected_unknown_source);
         tracing::debug!(
             node = %local,
