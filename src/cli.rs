@@ -134,9 +134,10 @@ pub struct LearnArgs {
     /// Crashes tolerated (nbac).
     #[arg(long, default_value_t = 1)]
     pub t: usize,
-    /// Processes.
-    #[arg(long, default_value_t = 3)]
-    pub n: usize,
+    /// Processes; a list (`--n 3,4`, symmetric encoding) trains and proves one table for
+    /// every size given, so that it extrapolates to larger clusters.
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    pub n: Vec<usize>,
     /// Rounds (default: 2 for paper, t + 1 for nbac).
     #[arg(long)]
     pub rounds: Option<usize>,
@@ -152,6 +153,9 @@ pub struct LearnArgs {
     /// How to obtain the protocol.
     #[arg(long, value_enum, default_value = "dqn")]
     pub method: LearnMethod,
+    /// Width of the learner's hidden layers (dqn).
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
     /// Seed of the learner (training is reproducible).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -161,6 +165,16 @@ pub struct LearnArgs {
     /// Where to save the protocol (a `.dot` and, with Graphviz, an `.svg` go beside it).
     #[arg(long, default_value = "protocol.json")]
     pub out: PathBuf,
+    /// Instead of one protocol, run the measurement matrix (paper over 10 seeds;
+    /// nbac t = 1 and 2 for n = 3, 4, 5 by both methods; Z3 verification times; how far a
+    /// symmetric table learned at n = 3 and 4 extrapolates) and write it to this JSON file.
+    /// `--budget-s` bounds each learning run.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The largest process count the report's extrapolation tries (Z3 time grows fast:
+    /// about 4 minutes at n = 7 for t = 2).
+    #[arg(long, default_value_t = 6)]
+    pub report_max_n: usize,
 }
 
 /// Arguments of `weft commit`.

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use commit_learn::artifact::{dot, Artifact, Verification};
 use commit_learn::explicit::{self, Verdict};
 use commit_learn::model::{Encoding, Machine};
-use commit_learn::smt;
+use commit_learn::smt::{self, SynthError};
 use commit_learn::spec::Spec;
 
 use crate::cli::{CommitArgs, LearnArgs, LearnMethod, SpecName, VerifyArgs, Vote};
@@ -41,6 +41,7 @@ fn verify_both(
             };
             records.push(Verification {
                 method: "explicit".into(),
+                n: m.n,
                 result,
                 size,
                 elapsed_ms: started.elapsed().as_millis() as u64,
@@ -59,13 +60,15 @@ fn verify_both(
     };
     records.push(Verification {
         method: "z3".into(),
+        n: m.n,
         result,
         size: stats.assertions as u64,
         elapsed_ms: stats.elapsed.as_millis() as u64,
     });
     for r in &records {
         println!(
-            "  {:<8} {:<10} ({} {}, {} ms)",
+            "  n = {:<2} {:<8} {:<10} ({} {}, {} ms)",
+            r.n,
             r.method,
             r.result,
             r.size,
@@ -105,64 +108,176 @@ fn draw(a: &Artifact, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weft learn`.
-pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
-    let spec = spec_of(args.spec, args.t);
-    let encoding = if args.vector {
-        Encoding::Vector
-    } else {
-        Encoding::Symmetric { cap: args.cap }
-    };
-    let rounds = args.rounds.unwrap_or(match spec {
-        Spec::Paper => 2,
-        Spec::Nbac { t } => t + 1,
-    });
-    println!(
-        "learning {spec} for n = {}, {rounds} rounds, {} anonymous states, {encoding:?}",
-        args.n, args.states
-    );
-    let budget = Duration::from_secs(args.budget_s);
-    let machine = match args.method {
+/// One way to obtain a protocol, as `weft learn` and its report run it.
+pub(crate) struct Recipe {
+    pub spec: Spec,
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    pub anonymous: u8,
+    pub encoding: Encoding,
+    pub method: LearnMethod,
+    pub seed: u64,
+    pub hidden: usize,
+    pub budget: Duration,
+}
+
+/// What obtaining a protocol cost.
+pub(crate) struct Obtained {
+    /// The verified table (set to the largest size), or `None` when none was found.
+    pub machine: Option<Machine>,
+    /// Why none was found.
+    pub failure: Option<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Episodes played (dqn) or candidate tables proposed (smt).
+    pub steps: usize,
+    /// Counterexample runs learned from.
+    pub counterexamples: usize,
+}
+
+/// Learns or synthesizes a protocol; progress lines go to stderr when `verbose`.
+pub(crate) fn obtain(r: &Recipe, verbose: bool) -> anyhow::Result<Obtained> {
+    let started = Instant::now();
+    match r.method {
         LearnMethod::Dqn => {
-            let mut cfg = commit_learn::dqn::LearnConfig::new(spec, args.n, args.seed);
-            cfg.anonymous = args.states;
-            cfg.encoding = encoding;
-            cfg.rounds = rounds;
-            cfg.budget = budget;
+            let mut cfg = commit_learn::dqn::LearnConfig::new(r.spec, r.sizes[0], r.seed);
+            cfg.also_sizes = r.sizes[1..].to_vec();
+            cfg.anonymous = r.anonymous;
+            cfg.encoding = r.encoding;
+            cfg.rounds = r.rounds;
+            cfg.budget = r.budget;
+            cfg.hidden = r.hidden;
             let report = commit_learn::dqn::learn(&cfg, |p| {
-                if p.episode % 2000 == 0 {
+                if verbose && p.episode % 2000 == 0 {
                     eprintln!(
                         "episode {:>7}  reward {:>8.1}  epsilon {:.2}  verification attempts {}  counterexamples {}",
                         p.episode, p.reward, p.epsilon, p.checks, p.counterexamples
                     );
                 }
             })?;
-            println!(
-                "deep Q-learning: {} after {} episodes, {} verification attempts, {} counterexamples, {:.2} s",
-                if report.proved { "proved" } else { "NOT proved" },
-                report.progress.episode,
-                report.progress.checks,
-                report.progress.counterexamples,
-                report.elapsed.as_secs_f64()
-            );
-            if !report.proved {
-                bail!("no verified protocol within {} s; raise --budget-s, add --states, or try another --seed", args.budget_s);
-            }
-            report.machine
+            Ok(Obtained {
+                failure: (!report.proved)
+                    .then(|| format!("not proved within {} s", r.budget.as_secs())),
+                machine: report.proved.then_some(report.machine),
+                elapsed: report.elapsed,
+                steps: report.progress.episode,
+                counterexamples: report.progress.counterexamples,
+            })
         }
         LearnMethod::Smt => {
-            let (m, stats) = smt::synthesize(args.n, args.states, encoding, spec, rounds, budget)
-                .map_err(|e| anyhow!("{e}"))?;
-            println!(
-                "z3 synthesis: {} candidates, {} counterexamples, {:.2} s",
-                stats.candidates,
-                stats.counterexamples,
-                stats.elapsed.as_secs_f64()
-            );
-            m
+            match smt::synthesize(
+                &r.sizes,
+                r.anonymous,
+                r.encoding,
+                r.spec,
+                r.rounds,
+                r.budget,
+            ) {
+                Ok((m, stats)) => Ok(Obtained {
+                    machine: Some(m),
+                    failure: None,
+                    elapsed: stats.elapsed,
+                    steps: stats.candidates,
+                    counterexamples: stats.counterexamples,
+                }),
+                Err(e @ (SynthError::Budget { .. } | SynthError::Impossible { .. })) => {
+                    Ok(Obtained {
+                        machine: None,
+                        failure: Some(e.to_string()),
+                        elapsed: started.elapsed(),
+                        steps: 0,
+                        counterexamples: 0,
+                    })
+                }
+                Err(e) => Err(anyhow!("{e}")),
+            }
         }
+    }
+}
+
+/// The encoding `weft learn` arguments ask for.
+fn encoding_of(args: &LearnArgs) -> Encoding {
+    if args.vector {
+        Encoding::Vector
+    } else {
+        Encoding::Symmetric { cap: args.cap }
+    }
+}
+
+/// Verifies `m` with both verifiers at every size (the table is the same).
+pub(crate) fn verify_sizes(
+    m: &Machine,
+    sizes: &[usize],
+    spec: Spec,
+    rounds: usize,
+) -> anyhow::Result<(bool, Vec<Verification>)> {
+    let mut ok = true;
+    let mut records = Vec::new();
+    for &n in sizes {
+        let sized = if n == m.n {
+            m.clone()
+        } else {
+            m.with_processes(n)
+                .context("only symmetric protocols can change their number of processes")?
+        };
+        let (good, mut r) = verify_both(&sized, spec, rounds)?;
+        ok &= good;
+        records.append(&mut r);
+    }
+    Ok((ok, records))
+}
+
+/// `weft learn`.
+pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.report {
+        return crate::learn_report::run(args, path);
+    }
+    let spec = spec_of(args.spec, args.t);
+    let encoding = encoding_of(args);
+    let rounds = args.rounds.unwrap_or(match spec {
+        Spec::Paper => 2,
+        Spec::Nbac { t } => t + 1,
+    });
+    let sizes: Vec<String> = args.n.iter().map(|n| n.to_string()).collect();
+    println!(
+        "learning {spec} for n = {}, {rounds} rounds, {} anonymous states, {encoding:?}",
+        sizes.join(" and "),
+        args.states
+    );
+    let recipe = Recipe {
+        spec,
+        sizes: args.n.clone(),
+        rounds,
+        anonymous: args.states,
+        encoding,
+        method: args.method,
+        seed: args.seed,
+        hidden: args.hidden,
+        budget: Duration::from_secs(args.budget_s),
     };
-    let (ok, verified) = verify_both(&machine, spec, rounds)?;
+    let got = obtain(&recipe, true)?;
+    let what = match args.method {
+        LearnMethod::Dqn => "deep Q-learning",
+        LearnMethod::Smt => "z3 synthesis",
+    };
+    let steps = match args.method {
+        LearnMethod::Dqn => "episodes",
+        LearnMethod::Smt => "candidates",
+    };
+    println!(
+        "{what}: {} after {} {steps}, {} counterexamples, {:.2} s",
+        got.failure.as_deref().unwrap_or("proved"),
+        got.steps,
+        got.counterexamples,
+        got.elapsed.as_secs_f64()
+    );
+    let Some(machine) = got.machine else {
+        bail!(
+            "no verified protocol: {}; raise --budget-s, add --states, or try another --seed",
+            got.failure.unwrap_or_default()
+        );
+    };
+    let (ok, verified) = verify_sizes(&machine, &args.n, spec, rounds)?;
     if !ok {
         bail!("the synthesized protocol failed verification (a bug: please report it)");
     }

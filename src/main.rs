@@ -13,6 +13,7 @@ mod fedavg_cmd;
 mod kv_cmd;
 mod latency;
 mod learn_cmd;
+mod learn_report;
 mod node_cmd;
 mod ping;
 mod proto;

@@ -16,6 +16,10 @@ use crate::spec::Spec;
 pub struct Verification {
     /// `"explicit"` (every run enumerated) or `"z3"`.
     pub method: String,
+    /// The process count verified (0 in artifacts written before several sizes were
+    /// possible: the machine's own).
+    #[serde(default)]
+    pub n: usize,
     /// `"proved"` or the property a counterexample broke.
     pub result: String,
     /// Runs enumerated (explicit) or assertions given to the solver (z3).

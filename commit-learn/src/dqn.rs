@@ -26,6 +26,9 @@ use crate::spec::{Decision, Outcome, Spec};
 pub struct LearnConfig {
     /// Processes.
     pub n: usize,
+    /// More process counts the same table must be correct for (symmetric encoding only):
+    /// self-play and verification cover every size, so the protocol extrapolates.
+    pub also_sizes: Vec<usize>,
     /// Anonymous states.
     pub anonymous: u8,
     /// Input encoding.
@@ -49,6 +52,7 @@ impl LearnConfig {
     pub fn new(spec: Spec, n: usize, seed: u64) -> LearnConfig {
         LearnConfig {
             n,
+            also_sizes: Vec::new(),
             anonymous: 1,
             encoding: Encoding::Vector,
             spec,
@@ -240,12 +244,15 @@ pub fn learn(
     let started = Instant::now();
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut machine = Machine::identity(cfg.n, cfg.anonymous, cfg.encoding)?;
-    let domain = machine.domain_size();
-    let features: Vec<f32> = (0..domain).flat_map(|i| machine.features(i)).collect();
+    let sizes: Vec<usize> = std::iter::once(cfg.n)
+        .chain(cfg.also_sizes.iter().copied())
+        .collect();
+    let mut machines = crate::model::for_sizes(&sizes, cfg.anonymous, cfg.encoding)?;
+    let domain = machines[0].domain_size();
+    let features: Vec<f32> = (0..domain).flat_map(|i| machines[0].features(i)).collect();
     let width = features.len() / domain;
     let all_inputs = Tensor::from_vec(features, (domain, width), &dev)?;
-    let actions = machine.states as usize;
+    let actions = machines[0].states as usize;
 
     let online_vars = VarMap::new();
     let target_vars = VarMap::new();
@@ -282,24 +289,30 @@ pub fn learn(
 
     let mut replay: Vec<Step> = Vec::new();
     const REPLAY: usize = 50_000;
-    let mut counterexamples: Vec<(Vec<State>, Failures)> = Vec::new();
+    // Counterexample runs: the size (index into `machines`), votes and failures.
+    let mut counterexamples: Vec<(usize, Vec<State>, Failures)> = Vec::new();
     let mut episode = 0usize;
     let mut checks = 0usize;
     let decay_episodes = (cfg.episodes_per_check * 4) as f32;
-    let votes_all: Vec<Vec<State>> = all_votes(cfg.n).collect();
+    let votes_all: Vec<Vec<Vec<State>>> = sizes.iter().map(|n| all_votes(*n).collect()).collect();
     loop {
         // The greedy table under the current network.
         let q = online.forward(&all_inputs)?;
         let greedy: Vec<u32> = q.argmax(D::Minus1)?.to_vec1()?;
-        for (i, a) in greedy.iter().enumerate() {
-            machine.table[i] = *a as State;
+        let table: Vec<State> = greedy.iter().map(|a| *a as State).collect();
+        for m in machines.iter_mut() {
+            m.table.clone_from(&table);
         }
         let mut proved = false;
         if episode > 0 && episode % cfg.episodes_per_check == 0 {
             checks += 1;
-            match explicit::verify(&machine, cfg.spec, cfg.rounds)? {
-                Verdict::Proved { .. } => proved = true,
-                Verdict::Refuted(c) => counterexamples.push((c.run.votes, c.run.failures)),
+            proved = true;
+            for (k, m) in machines.iter().enumerate() {
+                if let Verdict::Refuted(c) = explicit::verify(m, cfg.spec, cfg.rounds)? {
+                    counterexamples.push((k, c.run.votes, c.run.failures));
+                    proved = false;
+                    break;
+                }
             }
         }
         if proved || started.elapsed() > cfg.budget {
@@ -311,6 +324,7 @@ pub fn learn(
                 counterexamples: counterexamples.len(),
             };
             progress(&p);
+            let machine = machines.into_iter().max_by_key(|m| m.n).expect("a size");
             return Ok(LearnReport {
                 machine,
                 proved,
@@ -326,18 +340,26 @@ pub fn learn(
         let block = 50;
         for _ in 0..block {
             episode += 1;
-            let (votes, failures) = if !counterexamples.is_empty() && rng.gen_bool(0.3) {
+            let (size, votes, failures) = if !counterexamples.is_empty() && rng.gen_bool(0.3) {
                 counterexamples[rng.gen_range(0..counterexamples.len())].clone()
             } else {
-                let v = votes_all[rng.gen_range(0..votes_all.len())].clone();
-                (v, sample_failures(cfg.spec, cfg.n, cfg.rounds, &mut rng))
+                // One size needs no draw, so single-size runs replay as they always did.
+                let size = match machines.len() {
+                    1 => 0,
+                    k => rng.gen_range(0..k),
+                };
+                let all = &votes_all[size];
+                let v = all[rng.gen_range(0..all.len())].clone();
+                let n = machines[size].n;
+                (size, v, sample_failures(cfg.spec, n, cfg.rounds, &mut rng))
             };
+            let machine = &machines[size];
             let lossless = failures.none();
             // ε-greedy exploration: perturb the table entries this episode consults.
             let mut explored = machine.clone();
-            let mut trace: Vec<Vec<usize>> = vec![Vec::new(); cfg.n];
+            let mut trace: Vec<Vec<usize>> = vec![Vec::new(); machine.n];
             let mut consulted = Vec::new();
-            execute_with(&machine, &votes, failures.clone(), cfg.rounds, |_, i| {
+            execute_with(machine, &votes, failures.clone(), cfg.rounds, |_, i| {
                 consulted.push(i)
             });
             for i in &consulted {

@@ -286,6 +286,28 @@ impl Machine {
     }
 }
 
+/// One machine per process count in `sizes`, all sharing one (identity) table: what a
+/// learner trains when a protocol must hold for several cluster sizes at once. Several
+/// sizes need the symmetric encoding, the only one whose table does not depend on `n`.
+pub fn for_sizes(
+    sizes: &[usize],
+    anonymous: u8,
+    encoding: Encoding,
+) -> Result<Vec<Machine>, ModelError> {
+    if sizes.is_empty() {
+        return Err(ModelError::Invalid("no process count given".into()));
+    }
+    if sizes.len() > 1 && encoding == Encoding::Vector {
+        return Err(ModelError::Invalid(
+            "one table for several process counts needs the symmetric encoding".into(),
+        ));
+    }
+    sizes
+        .iter()
+        .map(|n| Machine::identity(*n, anonymous, encoding))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +340,16 @@ mod tests {
                 .index(0, &[LOST, LOST, LOST, LOST]),
             "counts are capped"
         );
+    }
+
+    #[test]
+    fn several_sizes_need_the_symmetric_encoding() {
+        let ms = for_sizes(&[3, 5], 1, Encoding::Symmetric { cap: 1 }).unwrap();
+        assert_eq!(ms.iter().map(|m| m.n).collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(ms[0].table, ms[1].table, "one table");
+        assert!(for_sizes(&[3, 4], 1, Encoding::Vector).is_err());
+        assert!(for_sizes(&[3], 1, Encoding::Vector).is_ok());
+        assert!(for_sizes(&[], 1, Encoding::Vector).is_err());
     }
 
     #[test]

@@ -456,8 +456,12 @@ pub enum SynthError {
 /// a table that is correct on every run seen so far; the verifier looks for a run that
 /// breaks it; that run joins the set. Ends with a verified table, or with Z3 proving that
 /// none exists for `anonymous` extra states and `rounds` rounds.
+///
+/// With several `sizes` (symmetric encoding only) one table must be correct for each of
+/// these process counts: the way to a protocol that extrapolates to larger clusters. The
+/// machine returned is set to the largest size.
 pub fn synthesize(
-    n: usize,
+    sizes: &[usize],
     anonymous: u8,
     encoding: Encoding,
     spec: Spec,
@@ -465,43 +469,64 @@ pub fn synthesize(
     budget: Duration,
 ) -> Result<(Machine, SynthStats), SynthError> {
     let started = Instant::now();
-    let mut machine =
-        Machine::identity(n, anonymous, encoding).map_err(|e| SynthError::Solver(e.to_string()))?;
+    let mut machines = crate::model::for_sizes(sizes, anonymous, encoding)
+        .map_err(|e| SynthError::Solver(e.to_string()))?;
     let solver = Solver::new();
     let table = FuncDecl::new("table", &[&Sort::int()], &Sort::int());
-    let mut runs: Vec<Execution> = Vec::new();
+    // Runs to learn from, each with the index of its machine (process count).
+    let mut runs: Vec<(usize, Execution)> = Vec::new();
     // Start from the failure-free runs: they carry the liveness obligations.
-    for votes in crate::run::all_votes(n) {
-        let none = match spec {
-            Spec::Paper => Failures::Omissions(vec![false; rounds * n * n]),
-            Spec::Nbac { .. } => Failures::Crashes(vec![None; n]),
-        };
-        runs.push(execute(&machine, &votes, none, rounds));
+    for (k, m) in machines.iter().enumerate() {
+        for votes in crate::run::all_votes(m.n) {
+            let none = match spec {
+                Spec::Paper => Failures::Omissions(vec![false; rounds * m.n * m.n]),
+                Spec::Nbac { .. } => Failures::Crashes(vec![None; m.n]),
+            };
+            runs.push((k, execute(m, &votes, none, rounds)));
+        }
     }
+    let failure_free = runs.len();
     let mut added = 0;
     let mut candidates = 0;
+    let mut table_values = vec![0u8; machines[0].table.len()];
     loop {
-        for (k, run) in runs.iter().enumerate().skip(added) {
-            let sym = symbolic(&machine, spec, rounds, &table, true, &format!("r{k}_"));
+        for (k, (size, run)) in runs.iter().enumerate().skip(added) {
+            let sym = symbolic(
+                &machines[*size],
+                spec,
+                rounds,
+                &table,
+                true,
+                &format!("r{k}_"),
+            );
             for a in sym.assertions.iter().chain(pin(&sym, run).iter()) {
                 solver.assert(a);
             }
             solver.assert(some_violation(&sym, spec).not());
         }
         added = runs.len();
-        if started.elapsed() > budget {
+        let Some(left) = budget.checked_sub(started.elapsed()) else {
             return Err(SynthError::Budget { candidates });
-        }
+        };
+        // One hard query must not outlast the budget either.
+        let mut params = z3::Params::new();
+        params.set_u32(
+            "timeout",
+            left.as_millis().clamp(1, u32::MAX as u128) as u32,
+        );
+        solver.set_params(&params);
         match solver.check() {
             SatResult::Unsat => {
                 return Err(SynthError::Impossible {
-                    counterexamples: runs.len() - (1 << n),
+                    counterexamples: runs.len() - failure_free,
                 })
             }
             SatResult::Unknown => {
-                return Err(SynthError::Solver(
-                    solver.get_reason_unknown().unwrap_or_default(),
-                ))
+                let reason = solver.get_reason_unknown().unwrap_or_default();
+                if reason.contains("timeout") || reason.contains("canceled") {
+                    return Err(SynthError::Budget { candidates });
+                }
+                return Err(SynthError::Solver(reason));
             }
             SatResult::Sat => {}
         }
@@ -509,32 +534,42 @@ pub fn synthesize(
         let model = solver
             .get_model()
             .ok_or_else(|| SynthError::Solver("no model".into()))?;
-        for i in 0..machine.table.len() {
+        let states = machines[0].states as i64;
+        for (i, value) in table_values.iter_mut().enumerate() {
             let v = model
                 .eval(&table.apply(&[&int(i as i64)]).as_int().expect("int"), true)
                 .and_then(|v| v.as_i64())
                 .unwrap_or(0);
             // Entries no run constrains may be anything; keep them in range.
-            machine.table[i] = v.rem_euclid(machine.states as i64) as u8;
+            *value = v.rem_euclid(states) as u8;
         }
-        let verdict = match crate::explicit::verify(&machine, spec, rounds) {
-            Ok(v) => v,
-            Err(_) => {
-                verify(&machine, spec, rounds)
-                    .map_err(|e| SynthError::Solver(e.to_string()))?
-                    .0
+        let mut refuted = None;
+        for (k, m) in machines.iter_mut().enumerate() {
+            m.table.clone_from(&table_values);
+            let verdict = match crate::explicit::verify(m, spec, rounds) {
+                Ok(v) => v,
+                Err(_) => {
+                    verify(m, spec, rounds)
+                        .map_err(|e| SynthError::Solver(e.to_string()))?
+                        .0
+                }
+            };
+            if let Verdict::Refuted(c) = verdict {
+                refuted = Some((k, c.run));
+                break;
             }
-        };
-        match verdict {
-            Verdict::Proved { .. } => {
+        }
+        match refuted {
+            None => {
                 let stats = SynthStats {
                     candidates,
-                    counterexamples: runs.len() - (1 << n),
+                    counterexamples: runs.len() - failure_free,
                     elapsed: started.elapsed(),
                 };
-                return Ok((machine, stats));
+                let largest = machines.into_iter().max_by_key(|m| m.n).expect("a size");
+                return Ok((largest, stats));
             }
-            Verdict::Refuted(c) => runs.push(c.run),
+            Some(run) => runs.push(run),
         }
     }
 }
