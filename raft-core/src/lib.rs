@@ -31,7 +31,7 @@ mod types;
 pub use config::{Config, ConfigError};
 pub use message::{group_by_body, Body, DecodeError, Message, TO_GROUP};
 pub use raft::{ProposeError, ReadState, Role};
-pub use raw_node::{Persisted, RawNode, Ready, SoftState};
+pub use raw_node::{Durable, Persisted, RawNode, Ready, SoftState};
 pub use types::{
     Change, Entry, HardState, Index, Membership, MembershipChange, NodeId, Payload, Snapshot,
     SnapshotMeta, Term,

@@ -31,6 +31,9 @@ pub struct RaftLog {
     pub applied: Index,
     /// Highest index on stable storage.
     pub stable: Index,
+    /// Highest index handed to storage (at least `stable`): with asynchronous persistence
+    /// entries between the two are being written, and are not handed out again.
+    pub taken: Index,
 }
 
 impl RaftLog {
@@ -48,6 +51,7 @@ impl RaftLog {
             committed: snap_index,
             applied: snap_index,
             stable: snap_index,
+            taken: snap_index,
         };
         for e in entries {
             if e.index == log.last_index() + 1 {
@@ -55,6 +59,7 @@ impl RaftLog {
             }
         }
         log.stable = log.last_index();
+        log.taken = log.stable;
         log.committed = committed.clamp(snap_index, log.last_index());
         log
     }
@@ -201,6 +206,7 @@ impl RaftLog {
                     self.entries
                         .truncate((e.index - self.snap_index - 1) as usize);
                     self.stable = self.stable.min(e.index - 1);
+                    self.taken = self.taken.min(e.index - 1);
                     self.entries.extend_from_slice(&entries[i..]);
                     break;
                 }
@@ -213,9 +219,9 @@ impl RaftLog {
         Ok(prev_index + entries.len() as Index)
     }
 
-    /// Entries not yet on stable storage.
+    /// Entries not yet handed to storage.
     pub fn unstable(&self) -> Vec<Entry> {
-        self.slice(self.stable + 1, self.last_index(), usize::MAX)
+        self.slice(self.taken + 1, self.last_index(), usize::MAX)
     }
 
     /// Entries committed but not yet handed to the application.
@@ -236,10 +242,12 @@ impl RaftLog {
             self.snap_index = index;
             self.snap_term = term;
             self.stable = index;
+            self.taken = index;
         }
         self.committed = self.committed.max(index);
         self.applied = self.applied.max(index);
         self.stable = self.stable.max(index);
+        self.taken = self.taken.max(index);
     }
 
     /// Drops the entries up to `index` (which must be applied) into the snapshot point.

@@ -17,13 +17,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendError};
 use weft_transport::Transport;
 
 use crate::kv::{KvOutcome, KvRequest, KvStore};
 use crate::{
-    Change, Config, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted,
-    ProposeError, RawNode, Role, Snapshot, Term,
+    Change, Config, Durable, Entry, HardState, Index, Membership, Message, NodeId, Payload,
+    Persisted, ProposeError, RawNode, Ready, Role, Snapshot, Term,
 };
 
 /// Where a node's log goes: the write-ahead log on disk, or nowhere (benchmarks, tests).
@@ -314,10 +314,22 @@ impl Node {
         let (tx, rx) = bounded(cfg.queue.max(1));
         let (stop, stopped) = bounded(1);
         let shared = Arc::new(Mutex::new(None));
+        let transport: Arc<dyn Transport> = Arc::from(transport);
+        let (jobs, job_rx) = bounded(STORE_QUEUE);
+        let (stored_tx, stored) = unbounded();
+        let storage = {
+            let transport = Arc::clone(&transport);
+            std::thread::Builder::new()
+                .name(format!("weft-store-{}", raw.id()))
+                .spawn(move || storage_loop(store, &*transport, &job_rx, &stored_tx))
+                .map_err(|e| NodeError::Refused(format!("cannot start the storage thread: {e}")))?
+        };
         let mut runtime = Runtime {
             raw,
             kv,
-            store,
+            jobs: Some(jobs),
+            stored,
+            storage: Some(storage),
             transport,
             requests: rx,
             stopped,
@@ -412,8 +424,12 @@ struct PendingRead {
 struct Runtime {
     raw: RawNode,
     kv: KvStore,
-    store: Box<dyn LogStore>,
-    transport: Box<dyn Transport>,
+    /// Work for the storage thread, which owns the [`LogStore`]; `None` once stopping.
+    jobs: Option<Sender<StoreJob>>,
+    /// What the storage thread made durable (or why it failed), in order.
+    stored: Receiver<Stored>,
+    storage: Option<JoinHandle<()>>,
+    transport: Arc<dyn Transport>,
     requests: Receiver<Request>,
     stopped: Receiver<()>,
     /// Writes proposed here, by log index: the term they were proposed in, when, and the
@@ -446,12 +462,30 @@ impl Runtime {
                     Ok(r) => self.on_request(r),
                     Err(_) => break,
                 },
+                recv(self.stored) -> s => match s {
+                    Ok(s) => if let Err(e) = self.on_stored(s) {
+                        self.stop_on_storage_failure(e);
+                        break;
+                    },
+                    Err(_) => break,
+                },
                 recv(self.stopped) -> _ => break,
                 default(wait) => {}
             }
             // Batch: take everything else that is already here.
             while let Ok(d) = inbox.try_recv() {
                 self.on_delivery(d);
+            }
+            let mut failed = None;
+            while let Ok(s) = self.stored.try_recv() {
+                if let Err(e) = self.on_stored(s) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                self.stop_on_storage_failure(e);
+                break;
             }
             while let Ok(r) = self.requests.try_recv() {
                 self.on_request(r);
@@ -466,12 +500,40 @@ impl Runtime {
                 }
             }
             if let Err(e) = self.handle_ready() {
-                tracing::error!(node = %self.raw.id(), error = %e, "storage failed; node stops");
-                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                self.stop_on_storage_failure(e);
                 break;
             }
         }
         self.fail_all(NodeError::Stopped);
+        // The storage thread finishes what it was given (nothing acknowledged depends on
+        // it: an answered write is durable on a majority), then stops.
+        self.jobs = None;
+        if let Some(t) = self.storage.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn stop_on_storage_failure(&mut self, e: String) {
+        tracing::error!(node = %self.raw.id(), error = %e, "storage failed; node stops");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    /// The storage thread's report: entries and hard state now durable.
+    fn on_stored(&mut self, s: Stored) -> Result<(), String> {
+        match s {
+            Stored::Durable(d) => {
+                self.raw.on_persisted(&d);
+                Ok(())
+            }
+            Stored::Failed(e) => Err(e),
+        }
+    }
+
+    fn hand_to_storage(&self, job: StoreJob) -> Result<(), String> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| "the storage thread stopped".to_string())
     }
 
     fn on_delivery(&mut self, d: weft_transport::Delivery) {
@@ -616,18 +678,16 @@ impl Runtime {
         }
     }
 
+    /// Hands each Ready out. The leader's appends go out at once; what must be durable
+    /// goes to the storage thread, which persists it (one fsync for every Ready queued
+    /// meanwhile) and only then sends the Ready's other messages (votes, acknowledgements)
+    /// and reports back. Committed entries are applied here at once: they are durable on
+    /// a majority already, whatever this node's own disk is doing.
     fn handle_ready(&mut self) -> Result<(), String> {
         while self.raw.has_ready() {
             let rd = self.raw.ready();
-            // 0. The leader's appends go out at once: its own fsync overlaps theirs.
             self.send_all(&rd.early_messages);
-            // 1. Durable first: one persist (one fsync) for the whole batch.
-            self.store
-                .persist(rd.hard_state, rd.snapshot.as_ref(), &rd.entries)?;
             self.rates.add(APPENDS, rd.entries.len() as u64);
-            // 2. Then tell the others.
-            self.send_all(&rd.messages);
-            // 3. Then apply.
             if let Some(s) = &rd.snapshot {
                 self.kv = KvStore::restore(&s.data)
                     .map_err(|e| format!("snapshot from the leader is unreadable: {e}"))?;
@@ -664,7 +724,28 @@ impl Runtime {
                     }
                 }
             }
-            self.raw.advance(&rd);
+            self.raw.advance_handed(&rd);
+            let durable = Durable::of(&rd);
+            let Ready {
+                hard_state,
+                snapshot,
+                entries,
+                messages,
+                ..
+            } = rd;
+            if hard_state.is_some()
+                || snapshot.is_some()
+                || !entries.is_empty()
+                || !messages.is_empty()
+            {
+                self.hand_to_storage(StoreJob::Persist {
+                    hard_state,
+                    snapshot,
+                    entries,
+                    messages,
+                    durable,
+                })?;
+            }
             self.maybe_snapshot()?;
         }
         Ok(())
@@ -703,7 +784,7 @@ impl Runtime {
             .raw
             .compact(applied, self.kv.snapshot())
             .map_err(|e| e.to_string())?;
-        self.store.compact(&snap)
+        self.hand_to_storage(StoreJob::Compact(snap))
     }
 
     fn fail_all(&mut self, e: NodeError) {
@@ -783,6 +864,97 @@ impl RaftSettings {
             cfg.raft.lease_reads = b;
         }
         cfg
+    }
+}
+/// Readies the storage thread may fall behind by before the node thread waits for it.
+const STORE_QUEUE: usize = 1024;
+
+/// Work for the storage thread, in the order the node thread produced it.
+enum StoreJob {
+    /// Make one Ready's snapshot, entries and hard state durable, then send its messages.
+    Persist {
+        hard_state: Option<HardState>,
+        snapshot: Option<Snapshot>,
+        entries: Vec<Entry>,
+        messages: Vec<Message>,
+        durable: Durable,
+    },
+    /// Record a local snapshot (after everything handed before it).
+    Compact(Snapshot),
+}
+
+/// The storage thread's reports, in order.
+enum Stored {
+    /// These entries and this hard state are on stable storage.
+    Durable(Durable),
+    /// Storage failed; the node must stop.
+    Failed(String),
+}
+
+/// The storage thread: persists what the node hands it, in order, with one fsync for every
+/// Ready that queued up behind the previous write (group commit), then sends the messages
+/// that had to wait for it and reports what is durable.
+fn storage_loop(
+    mut store: Box<dyn LogStore>,
+    transport: &dyn Transport,
+    jobs: &Receiver<StoreJob>,
+    stored: &Sender<Stored>,
+) {
+    let mut next = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return, // the node stopped
+            },
+        };
+        let result = match job {
+            StoreJob::Compact(snap) => store.compact(&snap),
+            StoreJob::Persist {
+                mut hard_state,
+                snapshot,
+                mut entries,
+                mut messages,
+                mut durable,
+            } => {
+                // Fold in every Ready already queued, up to the next snapshot or compaction.
+                while let Ok(job) = jobs.try_recv() {
+                    match job {
+                        StoreJob::Persist {
+                            hard_state: h,
+                            snapshot: None,
+                            entries: e,
+                            messages: m,
+                            durable: d,
+                        } => {
+                            hard_state = h.or(hard_state);
+                            if let Some(first) = e.first() {
+                                // A later Ready's entries replace the suffix they overlap.
+                                entries.retain(|x| x.index < first.index);
+                            }
+                            entries.extend(e);
+                            messages.extend(m);
+                            durable.merge(d);
+                        }
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                store
+                    .persist(hard_state, snapshot.as_ref(), &entries)
+                    .map(|()| {
+                        send_messages(transport, &messages);
+                        let _ = stored.send(Stored::Durable(durable));
+                    })
+            }
+        };
+        if let Err(e) = result {
+            let _ = stored.send(Stored::Failed(e));
+            return;
+        }
     }
 }
 

@@ -75,10 +75,43 @@ impl Ready {
     }
 }
 
+/// What one `Ready` made durable, reported back with [`RawNode::on_persisted`]: small, so
+/// that a storage thread can send it back without the entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    /// The hard state written, if the Ready had one.
+    pub hard_state: Option<HardState>,
+    /// Index and term of the last entry written, if any.
+    pub last_entry: Option<(Index, Term)>,
+}
+
+impl Durable {
+    /// What persisting `ready` makes durable.
+    pub fn of(ready: &Ready) -> Durable {
+        Durable {
+            hard_state: ready.hard_state,
+            last_entry: ready.entries.last().map(|e| (e.index, e.term)),
+        }
+    }
+
+    /// Folds a later report into this one (the storage thread writes several Readies with
+    /// one fsync).
+    pub fn merge(&mut self, later: Durable) {
+        if later.hard_state.is_some() {
+            self.hard_state = later.hard_state;
+        }
+        if later.last_entry.is_some() {
+            self.last_entry = later.last_entry;
+        }
+    }
+}
+
 /// A Raft node without I/O: see the [module docs](self).
 pub struct RawNode {
     raft: Raft,
     last_hard: HardState,
+    /// The hard state known to be on stable storage (`last_hard` may be in flight).
+    durable_hard: HardState,
     last_soft: SoftState,
 }
 
@@ -101,6 +134,7 @@ impl RawNode {
         Ok(RawNode {
             raft,
             last_hard,
+            durable_hard: last_hard,
             last_soft,
         })
     }
@@ -234,7 +268,7 @@ impl RawNode {
         self.raft.flush_appends();
         let r = &self.raft;
         !r.msgs.is_empty()
-            || r.log.stable < r.log.last_index()
+            || r.log.taken < r.log.last_index()
             || r.log.applied < r.log.committed
             || r.pending_snapshot.is_some()
             || !r.read_states.is_empty()
@@ -258,7 +292,8 @@ impl RawNode {
         // unless the hard state changed (a leader whose own vote is not yet durable must
         // not act as leader before it is: ordered elections can make a node candidate,
         // voter for itself and leader in one batch).
-        let hard_changed = (hard.term, hard.vote) != (self.last_hard.term, self.last_hard.vote);
+        let hard_changed =
+            (hard.term, hard.vote) != (self.durable_hard.term, self.durable_hard.vote);
         let (early, late): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.raft.msgs)
             .into_iter()
             .partition(|m| {
@@ -285,6 +320,17 @@ impl RawNode {
 
     /// Reports that `ready` was persisted, sent and applied.
     pub fn advance(&mut self, ready: &Ready) {
+        self.advance_handed(ready);
+        self.on_persisted(&Durable::of(ready));
+    }
+
+    /// Reports that `ready` was handed to a storage thread (its `messages` go out once it
+    /// is durable) and its committed entries applied; [`RawNode::on_persisted`] follows.
+    /// Why: a node that waits for its own fsync before it reads the next message holds
+    /// every acknowledgement behind its disk. The core stays correct meanwhile: the leader
+    /// counts itself in a quorum only once its entries are durable, and appends leave early
+    /// only while the term and vote they rest on are durable.
+    pub fn advance_handed(&mut self, ready: &Ready) {
         if let Some(h) = ready.hard_state {
             self.last_hard = h;
         }
@@ -292,14 +338,28 @@ impl RawNode {
             self.last_soft = s;
         }
         if let Some(last) = ready.entries.last() {
-            // Only if the entry is still the one persisted (a later step may have replaced it).
+            // Only if the entry is still the one handed (a later step may have replaced it).
             if self.raft.log.term(last.index) == Some(last.term) {
-                self.raft.log.stable = self.raft.log.stable.max(last.index);
-                self.raft.persisted(last.index);
+                self.raft.log.taken = self.raft.log.taken.max(last.index);
             }
         }
         if let Some(last) = ready.committed.last() {
             self.raft.log.applied = self.raft.log.applied.max(last.index);
+        }
+    }
+
+    /// Reports that what a handed `Ready` carried (see [`Durable::of`]) is on stable
+    /// storage. Reports must come in the order the Readies were handed.
+    pub fn on_persisted(&mut self, durable: &Durable) {
+        if let Some(h) = durable.hard_state {
+            self.durable_hard = h;
+        }
+        if let Some((index, term)) = durable.last_entry {
+            // Only if the entry is still the one persisted (a later step may have replaced it).
+            if self.raft.log.term(index) == Some(term) {
+                self.raft.log.stable = self.raft.log.stable.max(index);
+                self.raft.persisted(index);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 //! indexes. A violation panics with the seed and step.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -20,8 +20,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::lincheck::{self, Event, KvOp, KvRet};
 use crate::{
-    Config, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted, ProposeError,
-    RawNode, ReadState, Role, Snapshot, Term,
+    Config, Durable, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted,
+    ProposeError, RawNode, ReadState, Role, Snapshot, Term,
 };
 
 /// What the network and the disks do wrong.
@@ -86,6 +86,11 @@ pub struct SimOptions {
     /// Compact a node's log when this many applied entries are not yet in a snapshot
     /// (0: never).
     pub snapshot_every: u64,
+    /// Persist as the node runtime does, on a storage thread: a Ready is handed off
+    /// ([`RawNode::advance_handed`]) and becomes durable some random steps later, in order
+    /// and often several at once, only then sending its messages and telling the node
+    /// ([`RawNode::on_persisted`]); a crash loses whatever was not yet written.
+    pub async_persist: bool,
 }
 
 impl SimOptions {
@@ -99,6 +104,7 @@ impl SimOptions {
             steps_per_tick: 10,
             raft: Config::new(NodeId(1)),
             snapshot_every: 0,
+            async_persist: false,
         }
     }
 }
@@ -255,6 +261,26 @@ struct SimNode {
     last_term: Term,
     last_commit: Index,
     read_states: Vec<ReadState>,
+    /// Work handed to the simulated storage thread, oldest first (`async_persist`).
+    writing: VecDeque<DiskJob>,
+    /// The highest term the node has put in a message (pre-votes aside): it must never
+    /// come back from a crash with less. (With `async_persist` a term heard but never
+    /// written, and so never revealed, may be lost in a crash; that is allowed.)
+    revealed_term: Term,
+}
+
+/// What the simulated storage thread is given, as the node runtime's is.
+enum DiskJob {
+    /// A Ready to make durable; its messages go out afterwards.
+    Persist {
+        hard_state: Option<HardState>,
+        snapshot: Option<Snapshot>,
+        entries: Vec<Entry>,
+        messages: Vec<Message>,
+        durable: Durable,
+    },
+    /// A local snapshot to record.
+    Compact(Snapshot),
 }
 
 /// Steps from send to deadline on a deadline-ordered fabric (Δ, in steps).
@@ -327,6 +353,8 @@ impl Sim {
                 last_term: 0,
                 last_commit: 0,
                 read_states: Vec::new(),
+                writing: VecDeque::new(),
+                revealed_term: 0,
             });
         }
         sim
@@ -419,6 +447,7 @@ impl Sim {
         self.random_crashes();
         self.drive_clients();
         for id in 1..=self.size() {
+            self.finish_writes(id);
             self.handle_ready(id);
         }
         self.check();
@@ -633,10 +662,21 @@ impl Sim {
         self.send_all(id, &ready.early_messages);
         let (seed, step) = (self.opts.seed, self.step);
         let max_term = self.nodes.iter().map(|n| n.last_term).max().unwrap_or(0);
+        let asynchronous = self.opts.async_persist;
         let node = &mut self.nodes[i];
-        node.disk
-            .persist(ready.hard_state, ready.snapshot.as_ref(), &ready.entries);
-        self.send_all(id, &ready.messages);
+        if asynchronous {
+            node.writing.push_back(DiskJob::Persist {
+                hard_state: ready.hard_state,
+                snapshot: ready.snapshot.clone(),
+                entries: ready.entries.clone(),
+                messages: ready.messages.clone(),
+                durable: Durable::of(&ready),
+            });
+        } else {
+            node.disk
+                .persist(ready.hard_state, ready.snapshot.as_ref(), &ready.entries);
+            self.send_all(id, &ready.messages);
+        }
         let node = &mut self.nodes[i];
         if let Some(s) = &ready.snapshot {
             self.snapshots_installed += 1;
@@ -671,18 +711,76 @@ impl Sim {
         }
         node.read_states.extend(ready.read_states.iter().copied());
         let raw = node.raw.as_mut().expect("alive");
-        raw.advance(&ready);
+        if asynchronous {
+            raw.advance_handed(&ready);
+        } else {
+            raw.advance(&ready);
+        }
         let every = self.opts.snapshot_every;
         if every > 0 && raw.applied_index() >= raw.first_index() + every {
             let index = raw.applied_index();
             let data = encode_commands(&node.applied.commands);
             if let Ok(snap) = raw.compact(index, data) {
-                node.disk.compact(&snap);
+                if asynchronous {
+                    node.writing.push_back(DiskJob::Compact(snap));
+                } else {
+                    node.disk.compact(&snap);
+                }
+            }
+        }
+    }
+
+    /// The simulated storage thread of `id`: half the time it is still busy; otherwise it
+    /// writes a random number of the oldest jobs (one fsync for all), then sends their
+    /// messages and reports them durable, in order.
+    fn finish_writes(&mut self, id: u32) {
+        let i = id as usize - 1;
+        if self.nodes[i].writing.is_empty() || self.rng.gen_bool(0.8) {
+            return;
+        }
+        let count = self.rng.gen_range(1..=self.nodes[i].writing.len());
+        let jobs: Vec<DiskJob> = self.nodes[i].writing.drain(..count).collect();
+        let mut reports = Vec::new();
+        for job in jobs {
+            match job {
+                DiskJob::Persist {
+                    hard_state,
+                    snapshot,
+                    entries,
+                    messages,
+                    durable,
+                } => {
+                    self.nodes[i]
+                        .disk
+                        .persist(hard_state, snapshot.as_ref(), &entries);
+                    reports.push((messages, durable));
+                }
+                DiskJob::Compact(snap) => self.nodes[i].disk.compact(&snap),
+            }
+        }
+        for (messages, durable) in reports {
+            self.send_all(id, &messages);
+            if let Some(raw) = &mut self.nodes[i].raw {
+                raw.on_persisted(&durable);
             }
         }
     }
 
     fn send_all(&mut self, from: u32, msgs: &[Message]) {
+        let revealed = msgs
+            .iter()
+            .filter(|m| {
+                !matches!(
+                    m.body,
+                    crate::Body::RequestVote { pre: true, .. }
+                        | crate::Body::VoteResponse { pre: true, .. }
+                )
+            })
+            .map(|m| m.term)
+            .max()
+            .unwrap_or(0);
+        let node = &mut self.nodes[from as usize - 1];
+        node.revealed_term = node.revealed_term.max(revealed);
         if !self.opts.raft.ordered_election {
             for m in msgs {
                 self.send(from, m);
@@ -756,6 +854,7 @@ impl Sim {
         let n = &mut self.nodes[id.0 as usize - 1];
         n.raw = None;
         n.read_states.clear();
+        n.writing.clear(); // never written: lost with the process
         n.down_until = u64::MAX;
     }
 
@@ -778,8 +877,18 @@ impl Sim {
             None => Applied::default(),
         };
         n.last_commit = raw.commit_index();
+        if self.opts.async_persist {
+            // Only the written term counts (see `revealed_term`).
+            n.last_term = raw.term();
+        }
+        let (term, revealed) = (raw.term(), n.revealed_term);
         n.raw = Some(raw);
         n.down_until = 0;
+        if term < revealed {
+            self.fail(format!(
+                "node {id}: restarted in term {term} after sending messages of term {revealed}"
+            ));
+        }
     }
 
     /// Whether `id` is running.

@@ -20,6 +20,9 @@ fn run_seed(seed: u64, steps: u64) -> usize {
     // identical messages.
     opts.raft.ordered_election = seed % 4 == 3;
     opts.raft.barrier_epochs = seed % 8 == 3;
+    // Half the seeds persist as the node runtime does: on a storage thread, acknowledging
+    // and counting the leader's own entries only once they are written.
+    opts.async_persist = seed / 9 % 2 == 1;
     let mut s = Sim::new(opts);
     s.add_clients(3, 3);
     s.set_faults(Faults {
