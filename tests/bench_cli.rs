@@ -114,6 +114,18 @@ fn a_small_matrix_and_election_trials_on_local_clusters() {
         table.contains("req/s") && table.contains("elections (3 nodes, 3 trials)"),
         "{table}"
     );
+    // The floor is measured in the same run and every cell is quoted against it.
+    let b = &r["baseline"];
+    let rtt = b["tcp_round_trip"]["p50_ns"].as_u64().unwrap();
+    let sync = b["fdatasync"]["p50_ns"].as_u64().unwrap();
+    assert!(rtt > 0 && sync > 0, "{b}");
+    assert!(
+        table.contains("floor (measured before the matrix)"),
+        "{table}"
+    );
+    let p50 = r["cells"][0]["latency"]["p50_ns"].as_u64().unwrap();
+    let ratio = format!("{:.2} ×", p50 as f64 / (rtt + sync) as f64);
+    assert!(table.contains(&ratio), "{ratio} not in {table}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! config file), then the election-speed test, written as `report.json` and a
 //! self-contained `report.html` with plots, and printed as a table.
 
+mod baseline;
 mod election;
 mod report;
 mod svg;
@@ -46,10 +47,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "release"
         },
         snapshot_entries: args.snapshot_entries,
+        baseline: None,
         cells: Vec::new(),
         elections: None,
     };
     let work = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
+    // The floor, on the file system the local nodes write to.
+    let floor = baseline::Baseline::measure(&work.join("baseline"))?;
+    eprintln!(
+        "bench: floor: loopback TCP round trip p50 {:.3} ms, fdatasync p50 {:.3} ms",
+        floor.tcp_round_trip.p50_ns as f64 / 1e6,
+        floor.fdatasync.p50_ns as f64 / 1e6
+    );
+    report.baseline = Some(floor);
     let result = match &args.cluster {
         Some(path) => run_remote(args, path, &mut report),
         None => run_local(args, &cells, &work, &mut report),

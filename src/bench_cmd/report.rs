@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::baseline::Baseline;
 use super::election::ElectionResult;
 use super::svg::{histogram, LineChart, Scale};
 use super::workload::CellResult;
@@ -59,6 +60,8 @@ pub struct Report {
     pub build: &'static str,
     /// The `snapshot_entries` the local clusters ran with, if not the default.
     pub snapshot_entries: Option<u64>,
+    /// The floor measured before the matrix: loopback round trip and one fdatasync.
+    pub baseline: Option<Baseline>,
     /// The write matrix, one entry per cell.
     pub cells: Vec<CellResult>,
     /// The election trials, if run.
@@ -73,8 +76,9 @@ impl Report {
     /// The summary table (also the HTML report's first table), one line per cell.
     pub fn table(&self) -> String {
         let mut t = String::from(
-            "servers clients entries  size  duration(s)  client mean±std (s)   req/s   ms/req   p50 ms   p99 ms  p99.9 ms  leader disk\n",
+            "servers clients entries  size  duration(s)  client mean±std (s)   req/s   ms/req   p50 ms   p99 ms  p99.9 ms  p50/floor  leader disk\n",
         );
+        let floor = self.baseline.as_ref().map(Baseline::floor_ns);
         for c in &self.cells {
             let disk = c.leader_disk_bytes.map_or("-".into(), |b| match b {
                 0..1_048_576 => format!("{:.0} KiB", b as f64 / 1024.0),
@@ -82,7 +86,7 @@ impl Report {
             });
             let _ = writeln!(
                 t,
-                "{:>7} {:>7} {:>7} {:>5} {:>12.3} {:>10.3} ± {:<8.3} {:>7.0} {:>8.3} {:>8.3} {:>8.3} {:>9.3}  {disk}{}",
+                "{:>7} {:>7} {:>7} {:>5} {:>12.3} {:>10.3} ± {:<8.3} {:>7.0} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>10}  {disk}{}",
                 c.servers,
                 c.clients,
                 c.entries,
@@ -95,7 +99,20 @@ impl Report {
                 ms(c.latency.p50_ns),
                 ms(c.latency.p99_ns),
                 ms(c.latency.p999_ns),
+                floor.map_or("-".into(), |f| format!(
+                    "{:.2} ×",
+                    c.latency.p50_ns as f64 / f.max(1) as f64
+                )),
                 if c.errors > 0 { format!("  ({} failed)", c.errors) } else { String::new() },
+            );
+        }
+        if let Some(b) = &self.baseline {
+            let _ = writeln!(
+                t,
+                "\nfloor (measured before the matrix): loopback TCP round trip p50 {:.3} ms + fdatasync p50 {:.3} ms = {:.3} ms",
+                ms(b.tcp_round_trip.p50_ns),
+                ms(b.fdatasync.p50_ns),
+                ms(b.floor_ns())
             );
         }
         if let Some(e) = &self.elections {
