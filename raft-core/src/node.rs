@@ -66,7 +66,10 @@ pub struct NodeConfig {
     pub bootstrap: Membership,
     /// Length of one tick (election timeouts are `election_tick..2*election_tick` ticks).
     pub tick: Duration,
-    /// Compact the log into a snapshot when this many applied entries follow the last one.
+    /// Compact the log into a snapshot when this many applied entries follow the last one
+    /// and the commands applied since take at least as many bytes as that snapshot did:
+    /// a large state is then serialized proportionally less often, so the time spent on
+    /// snapshots stays proportional to what is written (LogCabin's policy). 0: never.
     pub snapshot_entries: u64,
     /// Requests that may wait in the queue before `submit` answers `Busy`.
     pub queue: usize,
@@ -304,6 +307,10 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let mut raft = cfg.raft.clone().for_fabric(transport.capabilities());
         raft.id = transport.local();
+        let recovered_snapshot_bytes = recovered
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.data.len() as u64);
         let kv = match &recovered.snapshot {
             Some(s) => KvStore::restore(&s.data)
                 .map_err(|e| NodeError::Refused(format!("snapshot unreadable: {e}")))?,
@@ -339,6 +346,8 @@ impl Node {
             next_ctx: 1,
             rates: Rates::default(),
             snapshot_entries: cfg.snapshot_entries,
+            last_snapshot_bytes: recovered_snapshot_bytes,
+            bytes_since_snapshot: 0,
             tick: cfg.tick,
             request_timeout: cfg.request_timeout,
             failure: Arc::clone(&shared),
@@ -442,6 +451,9 @@ struct Runtime {
     next_ctx: u64,
     rates: Rates,
     snapshot_entries: u64,
+    /// Size of the last snapshot taken or installed, and the command bytes applied since.
+    last_snapshot_bytes: u64,
+    bytes_since_snapshot: u64,
     tick: Duration,
     request_timeout: Duration,
     failure: Arc<Mutex<Option<String>>>,
@@ -691,6 +703,8 @@ impl Runtime {
             if let Some(s) = &rd.snapshot {
                 self.kv = KvStore::restore(&s.data)
                     .map_err(|e| format!("snapshot from the leader is unreadable: {e}"))?;
+                self.last_snapshot_bytes = s.data.len() as u64;
+                self.bytes_since_snapshot = 0;
             }
             for e in &rd.committed {
                 self.apply(e);
@@ -757,7 +771,10 @@ impl Runtime {
 
     fn apply(&mut self, e: &Entry) {
         let outcome = match &e.payload {
-            Payload::Command(data) => self.kv.apply(e.index, data).map(|(_, _, o)| o),
+            Payload::Command(data) => {
+                self.bytes_since_snapshot += data.len() as u64;
+                self.kv.apply(e.index, data).map(|(_, _, o)| o)
+            }
             Payload::Empty | Payload::Membership(_) => {
                 self.kv.skip(e.index);
                 None
@@ -777,13 +794,18 @@ impl Runtime {
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = self.raw.applied_index();
-        if self.snapshot_entries == 0 || applied < self.raw.first_index() + self.snapshot_entries {
+        if self.snapshot_entries == 0
+            || applied < self.raw.first_index() + self.snapshot_entries
+            || self.bytes_since_snapshot < self.last_snapshot_bytes
+        {
             return Ok(());
         }
         let snap = self
             .raw
             .compact(applied, self.kv.snapshot())
             .map_err(|e| e.to_string())?;
+        self.last_snapshot_bytes = snap.data.len() as u64;
+        self.bytes_since_snapshot = 0;
         self.hand_to_storage(StoreJob::Compact(snap))
     }
 

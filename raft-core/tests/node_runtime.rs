@@ -360,3 +360,55 @@ fn clocks_beyond_epsilon_turn_ordered_elections_off_and_raft_carries_on() {
     }
     assert_eq!(read(&h, "k").as_deref(), Some(&b"v19"[..]));
 }
+
+/// Records every compaction a node hands its storage: (snapshot index, snapshot bytes).
+struct Compactions(std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>>);
+
+impl weft_raft::node::LogStore for Compactions {
+    fn persist(
+        &mut self,
+        _: Option<weft_raft::HardState>,
+        _: Option<&weft_raft::Snapshot>,
+        _: &[weft_raft::Entry],
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn compact(&mut self, s: &weft_raft::Snapshot) -> Result<(), String> {
+        self.0.lock().unwrap().push((s.meta.index, s.data.len()));
+        Ok(())
+    }
+}
+
+/// A growing state is snapshotted less and less often: a snapshot waits for
+/// `snapshot_entries` entries and for as many command bytes as the last snapshot held, so
+/// the serializing cost per write stays bounded however large the state grows.
+#[test]
+fn snapshots_space_out_as_the_state_grows() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut cfg = NodeConfig::new(NodeId(1), [NodeId(1)]);
+    cfg.tick = Duration::from_millis(5);
+    cfg.snapshot_entries = 10;
+    let node = Node::start(
+        cfg,
+        Persisted::default(),
+        Box::new(Compactions(std::sync::Arc::clone(&seen))),
+        transport(0xA0DE_0777, 1, 1),
+    )
+    .unwrap();
+    let h = [Some(node.handle())];
+    let value = "v".repeat(1000);
+    for i in 0..200u64 {
+        write(&h, &put(9, i + 1, &format!("key-{i}"), &value));
+    }
+    assert_eq!(read(&h, "key-199").as_deref(), Some(value.as_bytes()));
+    let seen = seen.lock().unwrap().clone();
+    // Every entry brings at most 1,100 bytes, so a gap of g entries carries at most
+    // 1,100 g command bytes; it must carry as many as the snapshot before it.
+    for pair in seen.windows(2) {
+        let ((at, bytes), (next, _)) = (pair[0], pair[1]);
+        assert!(next - at >= 10, "{seen:?}");
+        assert!((next - at) * 1100 >= bytes as u64, "{seen:?}");
+    }
+    // Every 10 entries would be 20 snapshots; doubling intervals make about 5.
+    assert!((2..=8).contains(&seen.len()), "{seen:?}");
+}
