@@ -167,7 +167,8 @@ pub struct LearnArgs {
     pub out: PathBuf,
     /// Instead of one protocol, run the measurement matrix (paper over 10 seeds;
     /// nbac t = 1 and 2 for n = 3, 4, 5 by both methods; Z3 verification times; how far a
-    /// symmetric table learned at n = 3 and 4 extrapolates) and write it to this JSON file.
+    /// symmetric table learned at n = 3, or at 3 and 4, extrapolates) and write it to this
+    /// JSON file.
     /// `--budget-s` bounds each learning run.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
