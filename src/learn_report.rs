@@ -99,6 +99,44 @@ fn fresh<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Resul
     })
 }
 
+impl Row {
+    /// A row for `r` that has not run (yet): nothing proved, nothing spent.
+    fn of(r: &Recipe, failure: Option<String>) -> Row {
+        Row {
+            spec: r.spec.to_string(),
+            sizes: r.sizes.clone(),
+            rounds: r.rounds,
+            anonymous_states: r.anonymous,
+            encoding: format!("{:?}", r.encoding),
+            method: method_name(r.method).into(),
+            seed: r.seed,
+            proved: false,
+            failure,
+            seconds: 0.0,
+            steps: 0,
+            counterexamples: 0,
+            verification: Vec::new(),
+        }
+    }
+}
+
+/// An `nbac` run of the report: symmetric encoding with counts capped at 1 (presence is
+/// all these protocols need), `t + 1` rounds.
+fn nbac(t: usize, sizes: Vec<usize>, method: LearnMethod, args: &LearnArgs) -> Recipe {
+    let spec = Spec::Nbac { t };
+    Recipe {
+        spec,
+        sizes,
+        rounds: rounds_for(spec),
+        anonymous: anonymous_for(spec),
+        encoding: Encoding::Symmetric { cap: 1 },
+        method,
+        seed: args.seed,
+        hidden: args.hidden,
+        budget: Duration::from_secs(args.budget_s),
+    }
+}
+
 /// Runs one recipe, verifies what it found at its sizes, and prints a line.
 fn measure(r: &Recipe) -> anyhow::Result<(Row, Option<commit_learn::model::Machine>)> {
     let got = fresh(|| obtain(r, false))?;
@@ -107,19 +145,12 @@ fn measure(r: &Recipe) -> anyhow::Result<(Row, Option<commit_learn::model::Machi
         None => (false, Vec::new()),
     };
     let row = Row {
-        spec: r.spec.to_string(),
-        sizes: r.sizes.clone(),
-        rounds: r.rounds,
-        anonymous_states: r.anonymous,
-        encoding: format!("{:?}", r.encoding),
-        method: method_name(r.method).into(),
-        seed: r.seed,
         proved,
-        failure: got.failure,
         seconds: got.elapsed.as_secs_f64(),
         steps: got.steps,
         counterexamples: got.counterexamples,
         verification,
+        ..Row::of(r, got.failure)
     };
     println!(
         "{} n={:?} {} (seed {}): {} in {:.1} s",
@@ -141,27 +172,12 @@ fn skipped(r: &Recipe, why: String) -> Row {
         r.sizes,
         method_name(r.method)
     );
-    Row {
-        spec: r.spec.to_string(),
-        sizes: r.sizes.clone(),
-        rounds: r.rounds,
-        anonymous_states: r.anonymous,
-        encoding: format!("{:?}", r.encoding),
-        method: method_name(r.method).into(),
-        seed: r.seed,
-        proved: false,
-        failure: Some(why),
-        seconds: 0.0,
-        steps: 0,
-        counterexamples: 0,
-        verification: Vec::new(),
-    }
+    Row::of(r, Some(why))
 }
 
 /// `weft learn --report FILE`.
 pub fn run(args: &LearnArgs, path: &Path) -> anyhow::Result<()> {
     let budget = Duration::from_secs(args.budget_s);
-    let symmetric = Encoding::Symmetric { cap: 1 };
     let mut rows = Vec::new();
 
     println!("paper, n = 3, deep Q-learning, seeds 1..={PAPER_SEEDS}, {PAPER_SECONDS} s each");
@@ -200,21 +216,10 @@ pub fn run(args: &LearnArgs, path: &Path) -> anyhow::Result<()> {
     // The tables found at n = 3, by (t, method): where extrapolation starts.
     let mut at_three = Vec::new();
     for t in [1, 2] {
-        let spec = Spec::Nbac { t };
         for method in [LearnMethod::Smt, LearnMethod::Dqn] {
             let mut failed_at = None;
             for n in [3, 4, 5] {
-                let recipe = Recipe {
-                    spec,
-                    sizes: vec![n],
-                    rounds: rounds_for(spec),
-                    anonymous: anonymous_for(spec),
-                    encoding: symmetric,
-                    method,
-                    seed: args.seed,
-                    hidden: args.hidden,
-                    budget,
-                };
+                let recipe = nbac(t, vec![n], method, args);
                 if let Some(smaller) = failed_at {
                     rows.push(skipped(&recipe, format!("not found at n = {smaller}")));
                     continue;
@@ -238,17 +243,7 @@ pub fn run(args: &LearnArgs, path: &Path) -> anyhow::Result<()> {
     let mut extrapolations = Vec::new();
     for (t, method, machine) in at_three {
         let spec = Spec::Nbac { t };
-        let recipe = Recipe {
-            spec,
-            sizes: vec![3, 4],
-            rounds: rounds_for(spec),
-            anonymous: anonymous_for(spec),
-            encoding: symmetric,
-            method,
-            seed: args.seed,
-            hidden: args.hidden,
-            budget,
-        };
+        let recipe = nbac(t, vec![3, 4], method, args);
         let Some(machine) = machine else {
             rows.push(skipped(&recipe, "not found at n = 3".into()));
             continue;

@@ -22,21 +22,26 @@ fn weft_ok(args: &[&str]) -> String {
     text
 }
 
-#[test]
-fn learn_then_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("nbac.json");
-    let text = weft_ok(&[
+/// `weft learn --spec nbac --t 1 --out OUT` with `more` arguments; its output.
+fn learn_nbac_t1(out: &std::path::Path, more: &[&str]) -> String {
+    let mut args = vec![
         "learn",
         "--spec",
         "nbac",
         "--t",
         "1",
-        "--n",
-        "3",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(more);
+    weft_ok(&args)
+}
+
+#[test]
+fn learn_then_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nbac.json");
+    let text = learn_nbac_t1(&out, &["--n", "3"]);
     assert!(
         text.contains("explicit proved") && text.contains("z3       proved"),
         "{text}"
@@ -142,23 +147,19 @@ fn three_processes_run_a_learned_protocol_over_udp() {
 fn a_table_learned_at_three_and_four_processes_holds_at_five() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("nbac34.json");
-    let text = weft_ok(&[
-        "learn",
-        "--spec",
-        "nbac",
-        "--t",
-        "1",
-        "--n",
-        "3,4",
-        "--cap",
-        "1",
-        "--method",
-        "dqn",
-        "--budget-s",
-        "600",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let text = learn_nbac_t1(
+        &out,
+        &[
+            "--n",
+            "3,4",
+            "--cap",
+            "1",
+            "--method",
+            "dqn",
+            "--budget-s",
+            "600",
+        ],
+    );
     for n in [3, 4] {
         assert!(
             text.contains(&format!("n = {n}  explicit proved"))

@@ -739,26 +739,8 @@ impl Runtime {
                 }
             }
             self.raw.advance_handed(&rd);
-            let durable = Durable::of(&rd);
-            let Ready {
-                hard_state,
-                snapshot,
-                entries,
-                messages,
-                ..
-            } = rd;
-            if hard_state.is_some()
-                || snapshot.is_some()
-                || !entries.is_empty()
-                || !messages.is_empty()
-            {
-                self.hand_to_storage(StoreJob::Persist {
-                    hard_state,
-                    snapshot,
-                    entries,
-                    messages,
-                    durable,
-                })?;
+            if let Some(job) = StoreJob::of(rd) {
+                self.hand_to_storage(job)?;
             }
             self.maybe_snapshot()?;
         }
@@ -888,11 +870,13 @@ impl RaftSettings {
         cfg
     }
 }
+
 /// Readies the storage thread may fall behind by before the node thread waits for it.
 const STORE_QUEUE: usize = 1024;
 
-/// Work for the storage thread, in the order the node thread produced it.
-enum StoreJob {
+/// Work for the storage thread, in the order the node thread produced it (the simulator's
+/// storage thread takes the same).
+pub(crate) enum StoreJob {
     /// Make one Ready's snapshot, entries and hard state durable, then send its messages.
     Persist {
         hard_state: Option<HardState>,
@@ -903,6 +887,29 @@ enum StoreJob {
     },
     /// Record a local snapshot (after everything handed before it).
     Compact(Snapshot),
+}
+
+impl StoreJob {
+    /// The durable part and the late messages of a handed Ready; `None` if it has none.
+    pub(crate) fn of(ready: Ready) -> Option<StoreJob> {
+        let durable = Durable::of(&ready);
+        let Ready {
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            ..
+        } = ready;
+        let empty =
+            hard_state.is_none() && snapshot.is_none() && entries.is_empty() && messages.is_empty();
+        (!empty).then_some(StoreJob::Persist {
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            durable,
+        })
+    }
 }
 
 /// The storage thread's reports, in order.

@@ -19,9 +19,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::lincheck::{self, Event, KvOp, KvRet};
+use crate::node::StoreJob;
 use crate::{
-    Config, Durable, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted,
-    ProposeError, RawNode, ReadState, Role, Snapshot, Term,
+    Config, Entry, HardState, Index, Membership, Message, NodeId, Payload, Persisted, ProposeError,
+    RawNode, ReadState, Role, Snapshot, Term,
 };
 
 /// What the network and the disks do wrong.
@@ -262,25 +263,11 @@ struct SimNode {
     last_commit: Index,
     read_states: Vec<ReadState>,
     /// Work handed to the simulated storage thread, oldest first (`async_persist`).
-    writing: VecDeque<DiskJob>,
+    writing: VecDeque<StoreJob>,
     /// The highest term the node has put in a message (pre-votes aside): it must never
     /// come back from a crash with less. (With `async_persist` a term heard but never
     /// written, and so never revealed, may be lost in a crash; that is allowed.)
     revealed_term: Term,
-}
-
-/// What the simulated storage thread is given, as the node runtime's is.
-enum DiskJob {
-    /// A Ready to make durable; its messages go out afterwards.
-    Persist {
-        hard_state: Option<HardState>,
-        snapshot: Option<Snapshot>,
-        entries: Vec<Entry>,
-        messages: Vec<Message>,
-        durable: Durable,
-    },
-    /// A local snapshot to record.
-    Compact(Snapshot),
 }
 
 /// Steps from send to deadline on a deadline-ordered fabric (Δ, in steps).
@@ -664,15 +651,7 @@ impl Sim {
         let max_term = self.nodes.iter().map(|n| n.last_term).max().unwrap_or(0);
         let asynchronous = self.opts.async_persist;
         let node = &mut self.nodes[i];
-        if asynchronous {
-            node.writing.push_back(DiskJob::Persist {
-                hard_state: ready.hard_state,
-                snapshot: ready.snapshot.clone(),
-                entries: ready.entries.clone(),
-                messages: ready.messages.clone(),
-                durable: Durable::of(&ready),
-            });
-        } else {
+        if !asynchronous {
             node.disk
                 .persist(ready.hard_state, ready.snapshot.as_ref(), &ready.entries);
             self.send_all(id, &ready.messages);
@@ -713,6 +692,7 @@ impl Sim {
         let raw = node.raw.as_mut().expect("alive");
         if asynchronous {
             raw.advance_handed(&ready);
+            node.writing.extend(StoreJob::of(ready));
         } else {
             raw.advance(&ready);
         }
@@ -722,7 +702,7 @@ impl Sim {
             let data = encode_commands(&node.applied.commands);
             if let Ok(snap) = raw.compact(index, data) {
                 if asynchronous {
-                    node.writing.push_back(DiskJob::Compact(snap));
+                    node.writing.push_back(StoreJob::Compact(snap));
                 } else {
                     node.disk.compact(&snap);
                 }
@@ -739,11 +719,11 @@ impl Sim {
             return;
         }
         let count = self.rng.gen_range(1..=self.nodes[i].writing.len());
-        let jobs: Vec<DiskJob> = self.nodes[i].writing.drain(..count).collect();
+        let jobs: Vec<StoreJob> = self.nodes[i].writing.drain(..count).collect();
         let mut reports = Vec::new();
         for job in jobs {
             match job {
-                DiskJob::Persist {
+                StoreJob::Persist {
                     hard_state,
                     snapshot,
                     entries,
@@ -755,7 +735,7 @@ impl Sim {
                         .persist(hard_state, snapshot.as_ref(), &entries);
                     reports.push((messages, durable));
                 }
-                DiskJob::Compact(snap) => self.nodes[i].disk.compact(&snap),
+                StoreJob::Compact(snap) => self.nodes[i].disk.compact(&snap),
             }
         }
         for (messages, durable) in reports {
