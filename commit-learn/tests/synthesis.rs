@@ -62,18 +62,13 @@ fn one_round_is_provably_not_enough_for_one_crash() {
 }
 
 /// Two crashes need three rounds and a state per round and per knowledge; Z3 finds such a
-/// table at n = 3 (symmetric, counts capped at 1) and it holds at n = 4 unchanged.
+/// table at n = 3 (symmetric, counts capped at 1).
 #[test]
 fn synthesizes_nbac_with_two_crashes_in_three_rounds() {
     let spec = Spec::Nbac { t: 2 };
     let (m, _) = synthesize(&[3], 4, Encoding::Symmetric { cap: 1 }, spec, 3, BUDGET).unwrap();
     assert!(matches!(
         verify(&m, spec, 3).unwrap(),
-        Verdict::Proved { .. }
-    ));
-    let four = m.with_processes(4).unwrap();
-    assert!(matches!(
-        verify(&four, spec, 3).unwrap(),
         Verdict::Proved { .. }
     ));
     // Two rounds cannot be enough (Dolev–Reischuk–Strong): the same table fails there.
