@@ -183,3 +183,17 @@ fn a_table_learned_at_three_and_four_processes_holds_at_five() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The shipped two-crash protocol (synthesized at n = 3) holds at n = 4, where it was
+/// never synthesized, by both verifiers; and two rounds are refuted.
+#[test]
+fn the_shipped_two_crash_protocol_holds_at_four_processes() {
+    let protocol = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nbac-t2.json");
+    let text = weft_ok(&["verify", "--protocol", protocol, "--n", "4"]);
+    assert!(
+        text.contains("n = 4  explicit proved") && text.contains("n = 4  z3       proved"),
+        "{text}"
+    );
+    let o = weft(&["verify", "--protocol", protocol, "--rounds", "2"]);
+    assert!(!o.status.success());
+}
