@@ -59,6 +59,9 @@ deps:
 test: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# The C interop test links the emulator's static library, which only a build of the
+	# hw-sim library itself produces (tests build its rlib alone).
+	$(CARGO) build -p hw-sim --lib
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		echo '$(CARGO) test --workspace --doc'; \
 		$(CARGO) test --workspace --doc || exit 1; \
