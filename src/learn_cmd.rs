@@ -264,13 +264,15 @@ pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
         LearnMethod::Dqn => "episodes",
         LearnMethod::Smt => "candidates",
     };
-    println!(
-        "{what}: {} after {} {steps}, {} counterexamples, {:.2} s",
-        got.failure.as_deref().unwrap_or("proved"),
-        got.steps,
-        got.counterexamples,
-        got.elapsed.as_secs_f64()
-    );
+    match &got.failure {
+        None => println!(
+            "{what}: proved after {} {steps}, {} counterexamples, {:.2} s",
+            got.steps,
+            got.counterexamples,
+            got.elapsed.as_secs_f64()
+        ),
+        Some(why) => println!("{what}: {why} ({:.2} s)", got.elapsed.as_secs_f64()),
+    }
     let Some(machine) = got.machine else {
         bail!(
             "no verified protocol: {}; raise --budget-s, add --states, or try another --seed",
