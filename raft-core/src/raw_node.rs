@@ -348,6 +348,15 @@ impl RawNode {
         }
     }
 
+    /// Whether the current term and vote are on stable storage. With asynchronous
+    /// persistence a node can become leader before they are (ordered elections do it in
+    /// one batch); it sends nothing as leader until they are, and a crash before that
+    /// leaves no trace of its leadership.
+    pub fn term_durable(&self) -> bool {
+        let hard = self.raft.hard_state();
+        (hard.term, hard.vote) == (self.durable_hard.term, self.durable_hard.vote)
+    }
+
     /// Reports that what a handed `Ready` carried (see [`Durable::of`]) is on stable
     /// storage. Reports must come in the order the Readies were handed.
     pub fn on_persisted(&mut self, durable: &Durable) {

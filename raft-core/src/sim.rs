@@ -1062,7 +1062,9 @@ impl Sim {
                     self.nodes[i].last_commit
                 ));
             }
-            if role == Role::Leader {
+            // A leadership counts once its term and vote are durable: before that the
+            // node sends nothing as leader (asynchronous persistence), and a crash erases it.
+            if role == Role::Leader && raw.term_durable() {
                 match self.leaders.get(&term) {
                     Some(other) if *other != id => self.fail(format!(
                         "Election Safety: {other} and {id} both lead term {term}"
