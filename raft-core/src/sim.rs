@@ -710,7 +710,7 @@ impl Sim {
         }
     }
 
-    /// The simulated storage thread of `id`: half the time it is still busy; otherwise it
+    /// The simulated storage thread of `id`: four steps in five it is still busy; otherwise it
     /// writes a random number of the oldest jobs (one fsync for all), then sends their
     /// messages and reports them durable, in order.
     fn finish_writes(&mut self, id: u32) {
