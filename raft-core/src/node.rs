@@ -37,6 +37,21 @@ pub trait LogStore: Send {
     ) -> Result<(), String>;
     /// Records a local snapshot; entries it covers may be dropped.
     fn compact(&mut self, snapshot: &Snapshot) -> Result<(), String>;
+    /// Like `persist`, but durable only at the next [`LogStore::sync`]: the storage thread
+    /// writes every Ready queued behind the last sync, then syncs once (group commit). A
+    /// store without buffering persists at once.
+    fn write(
+        &mut self,
+        hard: Option<HardState>,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        self.persist(hard, snapshot, entries)
+    }
+    /// Makes every `write` since the last sync durable.
+    fn sync(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A store that keeps nothing: for benchmarks of consensus alone, and tests.
@@ -463,7 +478,7 @@ impl Runtime {
     fn run(&mut self) {
         let mut next_tick = Instant::now() + self.tick;
         let inbox = self.transport.inbox().clone();
-        loop {
+        'run: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             select! {
                 recv(inbox) -> d => match d {
@@ -488,16 +503,11 @@ impl Runtime {
             while let Ok(d) = inbox.try_recv() {
                 self.on_delivery(d);
             }
-            let mut failed = None;
             while let Ok(s) = self.stored.try_recv() {
                 if let Err(e) = self.on_stored(s) {
-                    failed = Some(e);
-                    break;
+                    self.stop_on_storage_failure(e);
+                    break 'run;
                 }
-            }
-            if let Some(e) = failed {
-                self.stop_on_storage_failure(e);
-                break;
             }
             while let Ok(r) = self.requests.try_recv() {
                 self.on_request(r);
@@ -920,70 +930,42 @@ enum Stored {
     Failed(String),
 }
 
-/// The storage thread: persists what the node hands it, in order, with one fsync for every
-/// Ready that queued up behind the previous write (group commit), then sends the messages
-/// that had to wait for it and reports what is durable.
+/// The storage thread: writes what the node hands it, in order, every job queued behind
+/// the previous sync with one sync (group commit), then sends the messages that had to
+/// wait for it and reports what is durable.
 fn storage_loop(
     mut store: Box<dyn LogStore>,
     transport: &dyn Transport,
     jobs: &Receiver<StoreJob>,
     stored: &Sender<Stored>,
 ) {
-    let mut next = None;
-    loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return, // the node stopped
-            },
-        };
-        let result = match job {
-            StoreJob::Compact(snap) => store.compact(&snap),
-            StoreJob::Persist {
-                mut hard_state,
-                snapshot,
-                mut entries,
-                mut messages,
-                mut durable,
-            } => {
-                // Fold in every Ready already queued, up to the next snapshot or compaction.
-                while let Ok(job) = jobs.try_recv() {
-                    match job {
-                        StoreJob::Persist {
-                            hard_state: h,
-                            snapshot: None,
-                            entries: e,
-                            messages: m,
-                            durable: d,
-                        } => {
-                            hard_state = h.or(hard_state);
-                            if let Some(first) = e.first() {
-                                // A later Ready's entries replace the suffix they overlap.
-                                entries.retain(|x| x.index < first.index);
-                            }
-                            entries.extend(e);
-                            messages.extend(m);
-                            durable.merge(d);
-                        }
-                        other => {
-                            next = Some(other);
-                            break;
-                        }
-                    }
+    while let Ok(first) = jobs.recv() {
+        let mut messages = Vec::new();
+        let mut durable = Durable::default();
+        let result = std::iter::once(first)
+            .chain(jobs.try_iter().take(STORE_QUEUE))
+            .try_for_each(|job| match job {
+                StoreJob::Persist {
+                    hard_state,
+                    snapshot,
+                    entries,
+                    messages: m,
+                    durable: d,
+                } => {
+                    store.write(hard_state, snapshot.as_ref(), &entries)?;
+                    messages.extend(m);
+                    durable.merge(d);
+                    Ok(())
                 }
-                store
-                    .persist(hard_state, snapshot.as_ref(), &entries)
-                    .map(|()| {
-                        send_messages(transport, &messages);
-                        let _ = stored.send(Stored::Durable(durable));
-                    })
-            }
-        };
+                StoreJob::Compact(snap) => store.compact(&snap),
+            })
+            .and_then(|()| store.sync());
         if let Err(e) = result {
             let _ = stored.send(Stored::Failed(e));
             return;
         }
+        send_messages(transport, &messages);
+        let _ = stored.send(Stored::Durable(durable));
     }
 }
 

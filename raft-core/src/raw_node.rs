@@ -292,8 +292,7 @@ impl RawNode {
         // unless the hard state changed (a leader whose own vote is not yet durable must
         // not act as leader before it is: ordered elections can make a node candidate,
         // voter for itself and leader in one batch).
-        let hard_changed =
-            (hard.term, hard.vote) != (self.durable_hard.term, self.durable_hard.vote);
+        let hard_changed = !self.term_durable();
         let (early, late): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.raft.msgs)
             .into_iter()
             .partition(|m| {

@@ -792,4 +792,17 @@ impl crate::node::LogStore for DiskStorage {
     fn compact(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         DiskStorage::compact(self, snapshot).map_err(|e| e.to_string())
     }
+
+    fn write(
+        &mut self,
+        hard: Option<HardState>,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        DiskStorage::write(self, hard, snapshot, entries).map_err(|e| e.to_string())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        DiskStorage::sync(self).map_err(|e| e.to_string())
+    }
 }
