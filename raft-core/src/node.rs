@@ -624,7 +624,7 @@ impl Runtime {
     fn answer(&self, read: PendingRead) {
         let result = match read.key {
             Some(k) => ReadResult::Value(self.kv.get(&k).cloned()),
-            None => ReadResult::All(self.kv.all().clone()),
+            None => ReadResult::All(self.kv.all()),
         };
         (read.answer)(Ok(result));
     }
