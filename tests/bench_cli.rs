@@ -126,6 +126,17 @@ fn a_small_matrix_and_election_trials_on_local_clusters() {
     let p50 = r["cells"][0]["latency"]["p50_ns"].as_u64().unwrap();
     let ratio = format!("{:.2} ×", p50 as f64 / (rtt + sync) as f64);
     assert!(table.contains(&ratio), "{ratio} not in {table}");
+    // So is the ceiling, once per client count of the matrix.
+    let ceilings = b["echo_ceiling"].as_array().unwrap();
+    let counts: Vec<u64> = ceilings
+        .iter()
+        .map(|c| c["clients"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 4], "{b}");
+    let ceiling = ceilings[1]["requests_per_s"].as_f64().unwrap();
+    let rate = r["cells"][1]["requests_per_s"].as_f64().unwrap();
+    let share = format!("{:.1} %", 100.0 * rate / ceiling);
+    assert!(table.contains(&share), "{share} not in {table}");
 }
 
 #[test]

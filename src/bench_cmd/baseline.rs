@@ -1,13 +1,17 @@
 //! What a durable write cannot beat, measured in the same run as the matrix (these
 //! machines are shared and noisy, so a figure is only quoted against a baseline taken
 //! beside it): a loopback TCP round trip, as a client's request and answer make, and one
-//! `fdatasync` of a small append in the directory the nodes write to.
+//! `fdatasync` of a small append in the directory the nodes write to; and, for each client
+//! count of the matrix, the request rate that many closed-loop clients reach against a
+//! server that does nothing but answer (the ceiling a replicated write cannot pass on this
+//! machine, since every put pays the same socket calls and wake-ups before any Raft work).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::time::Instant;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -20,13 +24,28 @@ const SYNCS: usize = 300;
 /// The size of one request on the wire, and of one appended log record.
 const MESSAGE: usize = 128;
 
-/// The floor a write's latency is compared against.
+/// How long each ceiling measurement runs.
+const CEILING_RUN: Duration = Duration::from_millis(1500);
+
+/// The floor a write's latency is compared against, and the ceiling its rate is.
 #[derive(Clone, Debug, Serialize)]
 pub struct Baseline {
     /// Loopback TCP round trips of a `MESSAGE`-byte request and its echo.
     pub tcp_round_trip: Summary,
     /// `fdatasync` after appending `MESSAGE` bytes to a file beside the nodes' data.
     pub fdatasync: Summary,
+    /// Echoes per second that many closed-loop clients reach, by client count.
+    pub echo_ceiling: Vec<Ceiling>,
+}
+
+/// The request rate of `clients` closed-loop clients, one connection and one
+/// `MESSAGE`-byte request in flight each, against a thread-per-connection echo server.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ceiling {
+    /// Concurrent clients.
+    pub clients: u32,
+    /// Round trips completed per second, all clients together.
+    pub requests_per_s: f64,
 }
 
 impl Baseline {
@@ -35,29 +54,56 @@ impl Baseline {
         self.tcp_round_trip.p50_ns + self.fdatasync.p50_ns
     }
 
-    /// Measures both in `dir` (created if missing).
-    pub fn measure(dir: &Path) -> anyhow::Result<Baseline> {
+    /// The echo ceiling measured for `clients`, if it was.
+    pub fn ceiling(&self, clients: u32) -> Option<f64> {
+        self.echo_ceiling
+            .iter()
+            .find(|c| c.clients == clients)
+            .map(|c| c.requests_per_s)
+    }
+
+    /// The ceilings as `N clients: R req/s` items, for the logs and the summary.
+    pub fn ceiling_line(&self) -> String {
+        self.echo_ceiling
+            .iter()
+            .map(|c| format!("{} clients {:.0} req/s", c.clients, c.requests_per_s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Measures the floor in `dir` (created if missing) and the ceiling for each of
+    /// `clients`.
+    pub fn measure(dir: &Path, clients: &[u32]) -> anyhow::Result<Baseline> {
+        let mut counts = clients.to_vec();
+        counts.sort_unstable();
+        counts.dedup();
         Ok(Baseline {
             tcp_round_trip: tcp_round_trip()?,
             fdatasync: fdatasync(dir)?,
+            echo_ceiling: counts
+                .into_iter()
+                .map(|c| echo_ceiling(c, CEILING_RUN))
+                .collect::<anyhow::Result<_>>()?,
         })
+    }
+}
+
+/// Answers every `MESSAGE`-byte request on `s` with itself until the client hangs up.
+fn echo(mut s: TcpStream) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut buf = [0u8; MESSAGE];
+    loop {
+        if s.read_exact(&mut buf).is_err() {
+            return Ok(()); // the client is done
+        }
+        s.write_all(&buf)?;
     }
 }
 
 fn tcp_round_trip() -> anyhow::Result<Summary> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut buf = [0u8; MESSAGE];
-        loop {
-            if s.read_exact(&mut buf).is_err() {
-                return Ok(()); // the client is done
-            }
-            s.write_all(&buf)?;
-        }
-    });
+    let echo = std::thread::spawn(move || echo(listener.accept()?.0));
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     let mut rec = Recorder::new()?;
@@ -74,6 +120,60 @@ fn tcp_round_trip() -> anyhow::Result<Summary> {
     echo.join()
         .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
     rec.summary().context("no round trip recorded")
+}
+
+fn echo_ceiling(clients: u32, run: Duration) -> anyhow::Result<Ceiling> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let conns = (0..clients)
+            .map(|_| {
+                let s = listener.accept()?.0;
+                Ok(std::thread::spawn(move || echo(s)))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        for c in conns {
+            // A connection that failed only lowers the rate the clients see.
+            let _ = c.join();
+        }
+        Ok(())
+    });
+    let start_line = Arc::new(Barrier::new(clients as usize + 1));
+    let workers = (0..clients)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            let start_line = Arc::clone(&start_line);
+            Ok(std::thread::spawn(move || -> std::io::Result<u64> {
+                let mut buf = [7u8; MESSAGE];
+                start_line.wait();
+                let began = Instant::now();
+                let mut done = 0;
+                while began.elapsed() < run {
+                    s.write_all(&buf)?;
+                    s.read_exact(&mut buf)?;
+                    done += 1;
+                }
+                Ok(done)
+            }))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    start_line.wait();
+    let began = Instant::now();
+    let mut total = 0;
+    for w in workers {
+        total += w
+            .join()
+            .map_err(|_| anyhow::anyhow!("an echo client panicked"))??;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the echo server panicked"))??;
+    Ok(Ceiling {
+        clients,
+        requests_per_s: total as f64 / elapsed,
+    })
 }
 
 fn fdatasync(dir: &Path) -> anyhow::Result<Summary> {
@@ -106,11 +206,15 @@ mod tests {
     #[test]
     fn measures_a_round_trip_and_a_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Baseline::measure(dir.path()).unwrap();
+        let b = Baseline::measure(dir.path(), &[2, 1, 2]).unwrap();
         assert_eq!(b.tcp_round_trip.count, SAMPLES as u64);
         assert_eq!(b.fdatasync.count, SYNCS as u64);
         assert!(b.tcp_round_trip.p50_ns > 0 && b.fdatasync.p50_ns > 0);
         assert_eq!(b.floor_ns(), b.tcp_round_trip.p50_ns + b.fdatasync.p50_ns);
+        let counts: Vec<u32> = b.echo_ceiling.iter().map(|c| c.clients).collect();
+        assert_eq!(counts, [1, 2], "one ceiling per distinct client count");
+        assert!(b.ceiling(2).unwrap() > 0.0);
+        assert_eq!(b.ceiling(3), None);
         assert!(
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "the sync file is removed"

@@ -76,7 +76,7 @@ impl Report {
     /// The summary table (also the HTML report's first table), one line per cell.
     pub fn table(&self) -> String {
         let mut t = String::from(
-            "servers clients entries  size  duration(s)  client mean±std (s)   req/s   ms/req   p50 ms   p99 ms  p99.9 ms  p50/floor  leader disk\n",
+            "servers clients entries  size  duration(s)  client mean±std (s)   req/s  of ceiling   ms/req   p50 ms   p99 ms  p99.9 ms  p50/floor  leader disk\n",
         );
         let floor = self.baseline.as_ref().map(Baseline::floor_ns);
         for c in &self.cells {
@@ -86,7 +86,7 @@ impl Report {
             });
             let _ = writeln!(
                 t,
-                "{:>7} {:>7} {:>7} {:>5} {:>12.3} {:>10.3} ± {:<8.3} {:>7.0} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>10}  {disk}{}",
+                "{:>7} {:>7} {:>7} {:>5} {:>12.3} {:>10.3} ± {:<8.3} {:>7.0} {:>11} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>10}  {disk}{}",
                 c.servers,
                 c.clients,
                 c.entries,
@@ -95,6 +95,13 @@ impl Report {
                 c.client_mean_s,
                 c.client_std_s,
                 c.requests_per_s,
+                self.baseline
+                    .as_ref()
+                    .and_then(|b| b.ceiling(c.clients))
+                    .map_or("-".into(), |ceil| format!(
+                        "{:.1} %",
+                        100.0 * c.requests_per_s / ceil.max(f64::MIN_POSITIVE)
+                    )),
                 c.mean_request_ms,
                 ms(c.latency.p50_ns),
                 ms(c.latency.p99_ns),
@@ -113,6 +120,11 @@ impl Report {
                 ms(b.tcp_round_trip.p50_ns),
                 ms(b.fdatasync.p50_ns),
                 ms(b.floor_ns())
+            );
+            let _ = writeln!(
+                t,
+                "ceiling (closed-loop clients against a loopback TCP echo server): {}",
+                b.ceiling_line()
             );
         }
         if let Some(e) = &self.elections {
