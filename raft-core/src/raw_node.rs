@@ -5,10 +5,14 @@
 //! take a [`Ready`], then in this order (0) send its `early_messages`, (1) persist its
 //! snapshot, hard state and entries (fsync), (2) send its `messages`, (3) apply its snapshot
 //! and committed entries, and (4) call [`RawNode::advance`]. The early messages are the
-//! leader's appends and heartbeats: they may overlap the leader's own fsync because the
+//! leader's appends and heartbeats, which may overlap the leader's own fsync because the
 //! leader counts itself towards a commit only once its entries are durable (thesis
-//! §10.2.1). Messages that acknowledge entries are only sent after
-//! those entries are durable, so nothing acknowledged can be lost in a crash.
+//! §10.2.1), and a follower's heartbeat answers, which claim nothing about its log and so
+//! need not queue behind its writes (a leader that hears no answers for an election
+//! timeout steps down, so a follower with a long write queue would otherwise depose a
+//! healthy leader). Messages that acknowledge entries are only sent after those entries are
+//! durable, so nothing acknowledged can be lost in a crash. Nothing leaves early while the
+//! term or vote it rests on is not durable yet.
 
 use bytes::Bytes;
 
@@ -51,7 +55,7 @@ pub struct Ready {
     /// Entries to append to stable storage (they may replace a suffix of the stored log).
     pub entries: Vec<Entry>,
     /// Messages that may be sent before the above is durable (the leader's appends,
-    /// heartbeats, snapshot chunks and TimeoutNow).
+    /// heartbeats, snapshot chunks and TimeoutNow; a follower's heartbeat answers).
     pub early_messages: Vec<Message>,
     /// Messages to send once the above is durable.
     pub messages: Vec<Message>,
@@ -288,10 +292,10 @@ impl RawNode {
         self.raft.flush_appends();
         let hard = self.raft.hard_state();
         let soft = self.soft();
-        // Only leaders send these, and nothing in them depends on what this Ready persists
-        // unless the hard state changed (a leader whose own vote is not yet durable must
-        // not act as leader before it is: ordered elections can make a node candidate,
-        // voter for itself and leader in one batch).
+        // Nothing in these depends on what this Ready persists unless the hard state
+        // changed (a leader whose own vote is not yet durable must not act as leader before
+        // it is: ordered elections can make a node candidate, voter for itself and leader in
+        // one batch; a follower must not answer in a term it could forget).
         let hard_changed = !self.term_durable();
         let (early, late): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.raft.msgs)
             .into_iter()
@@ -301,6 +305,7 @@ impl RawNode {
                         m.body,
                         crate::Body::Append { .. }
                             | crate::Body::Heartbeat { .. }
+                            | crate::Body::HeartbeatResponse { .. }
                             | crate::Body::InstallSnapshot { .. }
                             | crate::Body::TimeoutNow
                     )

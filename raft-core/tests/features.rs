@@ -374,6 +374,72 @@ fn leader_appends_may_go_before_the_fsync_votes_may_not() {
     );
 }
 
+/// A follower answers a heartbeat at once when its term is durable, even while entries
+/// wait for its disk (a long write queue must not look like a dead follower to the
+/// leader's check-quorum); an answer in a term it has just adopted waits for the write.
+#[test]
+fn heartbeat_answers_leave_early_unless_their_term_is_new() {
+    use weft_raft::{Body, Entry, Membership, Message, Payload, Persisted, RawNode};
+    let mut n = RawNode::new(
+        Config::new(NodeId(2)),
+        Membership::with_voters((1..=3).map(NodeId)),
+        Persisted::default(),
+    )
+    .unwrap();
+    let from_leader = |term, body| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term,
+        epoch: 0,
+        body,
+    };
+    let heartbeat = Body::Heartbeat {
+        commit: 0,
+        read_round: 7,
+    };
+    // Term 1 is new to this node: the answer waits for the term to be durable.
+    n.step(from_leader(1, heartbeat.clone()));
+    let rd = n.ready();
+    assert!(rd.hard_state.is_some());
+    assert!(rd.early_messages.is_empty());
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, Body::HeartbeatResponse { read_round: 7 })));
+    n.advance(&rd);
+    // Entries handed to storage but not yet durable, then a heartbeat: its answer goes
+    // early, the append's acknowledgement does not.
+    n.step(from_leader(
+        1,
+        Body::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![Entry {
+                term: 1,
+                index: 1,
+                payload: Payload::Command(bytes::Bytes::from_static(b"x")),
+            }],
+            commit: 0,
+        },
+    ));
+    let rd = n.ready();
+    n.advance_handed(&rd);
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, Body::AppendResponse { .. })));
+    n.step(from_leader(1, heartbeat));
+    let rd = n.ready();
+    assert!(rd
+        .early_messages
+        .iter()
+        .any(|m| matches!(m.body, Body::HeartbeatResponse { read_round: 7 })));
+    assert!(!rd
+        .early_messages
+        .iter()
+        .any(|m| matches!(m.body, Body::AppendResponse { .. })));
+}
+
 /// A fabric that withdraws `total_order` at run time (ptp beyond ε) turns ordered
 /// elections off, and back on when it returns; asking again changes nothing.
 #[test]
