@@ -363,6 +363,8 @@ impl Node {
             snapshot_entries: cfg.snapshot_entries,
             last_snapshot_bytes: recovered_snapshot_bytes,
             bytes_since_snapshot: 0,
+            snapshots: unbounded(),
+            snapshotting: false,
             tick: cfg.tick,
             request_timeout: cfg.request_timeout,
             failure: Arc::clone(&shared),
@@ -445,6 +447,9 @@ struct PendingRead {
     since: Instant,
 }
 
+/// A snapshot serialized off the Raft thread: the index it covers and its bytes.
+type Serialized = (Index, Bytes);
+
 struct Runtime {
     raw: RawNode,
     kv: KvStore,
@@ -469,15 +474,23 @@ struct Runtime {
     /// Size of the last snapshot taken or installed, and the command bytes applied since.
     last_snapshot_bytes: u64,
     bytes_since_snapshot: u64,
+    /// Snapshots serialized off this thread come back here: the index they cover and their
+    /// bytes. At most one is in the making (`snapshotting`).
+    snapshots: (Sender<Serialized>, Receiver<Serialized>),
+    snapshotting: bool,
     tick: Duration,
     request_timeout: Duration,
     failure: Arc<Mutex<Option<String>>>,
 }
 
+/// A pass of the Raft thread longer than this many ticks is logged as slow.
+const SLOW_PASS_TICKS: u32 = 3;
+
 impl Runtime {
     fn run(&mut self) {
         let mut next_tick = Instant::now() + self.tick;
         let inbox = self.transport.inbox().clone();
+        let snapshots = self.snapshots.1.clone();
         'run: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             select! {
@@ -496,21 +509,32 @@ impl Runtime {
                     },
                     Err(_) => break,
                 },
+                recv(snapshots) -> s => if let Ok((index, data)) = s {
+                    if let Err(e) = self.on_snapshot_taken(index, data) {
+                        self.stop_on_storage_failure(e);
+                        break;
+                    }
+                },
                 recv(self.stopped) -> _ => break,
                 default(wait) => {}
             }
             // Batch: take everything else that is already here.
+            let woke = Instant::now();
+            let mut batch = [0usize; 3];
             while let Ok(d) = inbox.try_recv() {
                 self.on_delivery(d);
+                batch[0] += 1;
             }
             while let Ok(s) = self.stored.try_recv() {
                 if let Err(e) = self.on_stored(s) {
                     self.stop_on_storage_failure(e);
                     break 'run;
                 }
+                batch[1] += 1;
             }
             while let Ok(r) = self.requests.try_recv() {
                 self.on_request(r);
+                batch[2] += 1;
             }
             if Instant::now() >= next_tick {
                 self.follow_fabric();
@@ -521,9 +545,24 @@ impl Runtime {
                     next_tick = Instant::now() + self.tick;
                 }
             }
+            let readied = Instant::now();
             if let Err(e) = self.handle_ready() {
                 self.stop_on_storage_failure(e);
                 break;
+            }
+            // Peers count silence in ticks of this thread: a pass that takes several ticks
+            // risks an election, so say what it was doing.
+            let took = woke.elapsed();
+            if took > self.tick * SLOW_PASS_TICKS {
+                tracing::warn!(
+                    node = %self.raw.id(),
+                    took_ms = took.as_millis() as u64,
+                    ready_ms = readied.elapsed().as_millis() as u64,
+                    deliveries = batch[0],
+                    stored = batch[1],
+                    requests = batch[2],
+                    "slow pass of the Raft thread"
+                );
             }
         }
         self.fail_all(NodeError::Stopped);
@@ -752,7 +791,7 @@ impl Runtime {
             if let Some(job) = StoreJob::of(rd) {
                 self.hand_to_storage(job)?;
             }
-            self.maybe_snapshot()?;
+            self.maybe_snapshot();
         }
         Ok(())
     }
@@ -784,21 +823,50 @@ impl Runtime {
         }
     }
 
-    fn maybe_snapshot(&mut self) -> Result<(), String> {
-        let applied = self.raw.applied_index();
-        if self.snapshot_entries == 0
+    /// Starts a snapshot once enough has been applied: the store is cloned here (O(1), its
+    /// map shares structure) and serialized on a thread of its own, since serializing a
+    /// large state here would silence this node for longer than an election timeout.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.kv.applied();
+        if self.snapshotting
+            || self.snapshot_entries == 0
             || applied < self.raw.first_index() + self.snapshot_entries
             || self.bytes_since_snapshot < self.last_snapshot_bytes
         {
+            return;
+        }
+        let (state, done) = (self.kv.clone(), self.snapshots.0.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("weft-snap-{}", self.raw.id()))
+            .spawn(move || {
+                // The node may have stopped meanwhile; then nobody needs the bytes.
+                let _ = done.send((applied, state.snapshot()));
+            });
+        match spawned {
+            Ok(_) => {
+                self.snapshotting = true;
+                // What is applied from now on counts towards the next snapshot.
+                self.bytes_since_snapshot = 0;
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.raw.id(), error = %e, "cannot start a snapshot thread; will retry")
+            }
+        }
+    }
+
+    /// Compacts the log into the snapshot serialized at `index` and has it stored, unless a
+    /// snapshot from the leader has superseded it meanwhile.
+    fn on_snapshot_taken(&mut self, index: Index, data: Bytes) -> Result<(), String> {
+        self.snapshotting = false;
+        if index < self.raw.first_index() {
+            tracing::debug!(node = %self.raw.id(), index, "snapshot superseded before it was ready");
             return Ok(());
         }
-        let snap = self
-            .raw
-            .compact(applied, self.kv.snapshot())
-            .map_err(|e| e.to_string())?;
+        let snap = self.raw.compact(index, data).map_err(|e| e.to_string())?;
         self.last_snapshot_bytes = snap.data.len() as u64;
-        self.bytes_since_snapshot = 0;
-        self.hand_to_storage(StoreJob::Compact(snap))
+        self.hand_to_storage(StoreJob::Compact(snap))?;
+        // Compaction changes nothing to send or apply, but keep the Ready contract whole.
+        self.handle_ready()
     }
 
     fn fail_all(&mut self, e: NodeError) {
