@@ -261,6 +261,10 @@ pub struct BenchArgs {
     /// Puts per run.
     #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
     pub entries: Vec<u64>,
+    /// Puts each client keeps in flight on its connection (1: one request, then its
+    /// answer, as rafty's clients did; more pipelines them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub pipeline: u32,
     /// Bytes per value.
     #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
     pub sizes: Vec<usize>,

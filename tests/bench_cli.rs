@@ -178,4 +178,30 @@ fn the_matrix_runs_against_a_running_cluster() {
     // The puts really landed in the cluster.
     let mut client = cluster.client(Duration::from_secs(10)).unwrap();
     assert_eq!(client.get_all().unwrap().len(), 100);
+
+    // Again with 8 puts in flight per client: every one acknowledged, and the ceiling is
+    // measured with as many in flight.
+    weft(&[
+        "bench",
+        "--cluster",
+        &config,
+        "--clients",
+        "2",
+        "--entries",
+        "300",
+        "--sizes",
+        "10",
+        "--pipeline",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let r = report(&out);
+    check_cells(&r, &[(3, 2)], 300);
+    assert_eq!(r["cells"][0]["pipeline"], 8);
+    assert_eq!(r["baseline"]["echo_ceiling"][0]["in_flight"], 8);
+    // 150 keys per client (the first run's among them) and the key that found the leader.
+    let all = client.get_all().unwrap();
+    assert_eq!(all.len(), 301);
+    assert!(all.contains_key("bench-1-149") && all.contains_key("bench-warm-up"));
 }

@@ -2,8 +2,8 @@
 //! machines are shared and noisy, so a figure is only quoted against a baseline taken
 //! beside it): a loopback TCP round trip, as a client's request and answer make, and one
 //! `fdatasync` of a small append in the directory the nodes write to; and, for each client
-//! count of the matrix, the request rate that many closed-loop clients reach against a
-//! server that does nothing but answer (the ceiling a replicated write cannot pass on this
+//! count of the matrix, the request rate that many clients (with as many requests in flight
+//! each as the matrix's clients keep) reach against a server that does nothing but answer (the ceiling a replicated write cannot pass on this
 //! machine, since every put pays the same socket calls and wake-ups before any Raft work).
 
 use std::fs::OpenOptions;
@@ -38,12 +38,15 @@ pub struct Baseline {
     pub echo_ceiling: Vec<Ceiling>,
 }
 
-/// The request rate of `clients` closed-loop clients, one connection and one
-/// `MESSAGE`-byte request in flight each, against a thread-per-connection echo server.
+/// The request rate of `clients` clients, one connection and `in_flight` `MESSAGE`-byte
+/// requests in flight each (a new one sent as each echo returns), against a
+/// thread-per-connection echo server.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ceiling {
     /// Concurrent clients.
     pub clients: u32,
+    /// Requests each client kept in flight.
+    pub in_flight: u32,
     /// Round trips completed per second, all clients together.
     pub requests_per_s: f64,
 }
@@ -66,14 +69,20 @@ impl Baseline {
     pub fn ceiling_line(&self) -> String {
         self.echo_ceiling
             .iter()
-            .map(|c| format!("{} clients {:.0} req/s", c.clients, c.requests_per_s))
+            .map(|c| match c.in_flight {
+                1 => format!("{} clients {:.0} req/s", c.clients, c.requests_per_s),
+                d => format!(
+                    "{} clients × {d} in flight {:.0} req/s",
+                    c.clients, c.requests_per_s
+                ),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
 
     /// Measures the floor in `dir` (created if missing) and the ceiling for each of
-    /// `clients`.
-    pub fn measure(dir: &Path, clients: &[u32]) -> anyhow::Result<Baseline> {
+    /// `clients` with `in_flight` requests each.
+    pub fn measure(dir: &Path, clients: &[u32], in_flight: u32) -> anyhow::Result<Baseline> {
         let mut counts = clients.to_vec();
         counts.sort_unstable();
         counts.dedup();
@@ -82,21 +91,22 @@ impl Baseline {
             fdatasync: fdatasync(dir)?,
             echo_ceiling: counts
                 .into_iter()
-                .map(|c| echo_ceiling(c, CEILING_RUN))
+                .map(|c| echo_ceiling(c, in_flight, CEILING_RUN))
                 .collect::<anyhow::Result<_>>()?,
         })
     }
 }
 
-/// Answers every `MESSAGE`-byte request on `s` with itself until the client hangs up.
+/// Sends back whatever arrives on `s`, as it arrives, until the client hangs up: one
+/// read and one write for however many requests are waiting.
 fn echo(mut s: TcpStream) -> std::io::Result<()> {
     s.set_nodelay(true)?;
-    let mut buf = [0u8; MESSAGE];
+    let mut buf = vec![0u8; 64 << 10];
     loop {
-        if s.read_exact(&mut buf).is_err() {
-            return Ok(()); // the client is done
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return Ok(()), // the client is done
+            Ok(k) => s.write_all(&buf[..k])?,
         }
-        s.write_all(&buf)?;
     }
 }
 
@@ -122,7 +132,7 @@ fn tcp_round_trip() -> anyhow::Result<Summary> {
     rec.summary().context("no round trip recorded")
 }
 
-fn echo_ceiling(clients: u32, run: Duration) -> anyhow::Result<Ceiling> {
+fn echo_ceiling(clients: u32, in_flight: u32, run: Duration) -> anyhow::Result<Ceiling> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -143,16 +153,23 @@ fn echo_ceiling(clients: u32, run: Duration) -> anyhow::Result<Ceiling> {
         .map(|_| {
             let mut s = TcpStream::connect(addr)?;
             s.set_nodelay(true)?;
+            let mut replies = std::io::BufReader::new(s.try_clone()?);
             let start_line = Arc::clone(&start_line);
             Ok(std::thread::spawn(move || -> std::io::Result<u64> {
                 let mut buf = [7u8; MESSAGE];
                 start_line.wait();
                 let began = Instant::now();
-                let mut done = 0;
-                while began.elapsed() < run {
+                for _ in 0..in_flight {
                     s.write_all(&buf)?;
-                    s.read_exact(&mut buf)?;
+                }
+                let (mut done, mut sent) = (0, u64::from(in_flight));
+                while done < sent {
+                    replies.read_exact(&mut buf)?;
                     done += 1;
+                    if began.elapsed() < run {
+                        s.write_all(&buf)?;
+                        sent += 1;
+                    }
                 }
                 Ok(done)
             }))
@@ -172,6 +189,7 @@ fn echo_ceiling(clients: u32, run: Duration) -> anyhow::Result<Ceiling> {
         .map_err(|_| anyhow::anyhow!("the echo server panicked"))??;
     Ok(Ceiling {
         clients,
+        in_flight,
         requests_per_s: total as f64 / elapsed,
     })
 }
@@ -206,7 +224,7 @@ mod tests {
     #[test]
     fn measures_a_round_trip_and_a_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Baseline::measure(dir.path(), &[2, 1, 2]).unwrap();
+        let b = Baseline::measure(dir.path(), &[2, 1, 2], 1).unwrap();
         assert_eq!(b.tcp_round_trip.count, SAMPLES as u64);
         assert_eq!(b.fdatasync.count, SYNCS as u64);
         assert!(b.tcp_round_trip.p50_ns > 0 && b.fdatasync.p50_ns > 0);
@@ -215,6 +233,10 @@ mod tests {
         assert_eq!(counts, [1, 2], "one ceiling per distinct client count");
         assert!(b.ceiling(2).unwrap() > 0.0);
         assert_eq!(b.ceiling(3), None);
+        // With requests in flight, every one sent is echoed and the depth is recorded.
+        let deep = echo_ceiling(2, 8, Duration::from_millis(300)).unwrap();
+        assert_eq!(deep.in_flight, 8);
+        assert!(deep.requests_per_s > 0.0);
         assert!(
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "the sync file is removed"

@@ -53,7 +53,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let work = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
     // The floor, on the file system the local nodes write to, and the ceiling.
-    let floor = baseline::Baseline::measure(&work.join("baseline"), &args.clients)?;
+    let floor = baseline::Baseline::measure(&work.join("baseline"), &args.clients, args.pipeline)?;
     eprintln!(
         "bench: floor: loopback TCP round trip p50 {:.3} ms, fdatasync p50 {:.3} ms; echo ceiling: {}",
         floor.tcp_round_trip.p50_ns as f64 / 1e6,
@@ -105,7 +105,7 @@ fn run_local(
     for (i, &(servers, entries, size, clients)) in cells.iter().enumerate() {
         let dir = work.join(format!("cell-{i}"));
         let cluster = start(&dir, &exe, servers, args)?;
-        let mut cell = workload::run(servers, clients, entries, size, &|| {
+        let mut cell = workload::run(servers, clients, entries, size, args.pipeline, &|| {
             cluster.client(CLIENT_PATIENCE)
         })
         .with_context(|| format!("cell {servers} servers, {clients} clients"))?;
@@ -113,10 +113,14 @@ fn run_local(
             cell.leader_disk_bytes = Some(cluster.disk_bytes(leader));
         }
         eprintln!(
-            "[{:>2}/{}] {servers} servers, {clients:>3} clients, {entries:>5} × {size:>4} B: \
+            "[{:>2}/{}] {servers} servers, {clients:>3} clients{}, {entries:>5} × {size:>4} B: \
              {:>7.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
             i + 1,
             cells.len(),
+            match args.pipeline {
+                1 => String::new(),
+                d => format!(" × {d} in flight"),
+            },
             cell.requests_per_s,
             cell.latency.p50_ns as f64 / 1e6,
             cell.latency.p99_ns as f64 / 1e6
@@ -168,7 +172,7 @@ fn run_remote(args: &BenchArgs, path: &std::path::Path, report: &mut Report) -> 
         for &size in &args.sizes {
             for &clients in &args.clients {
                 i += 1;
-                let cell = workload::run(servers, clients, entries, size, &connect)?;
+                let cell = workload::run(servers, clients, entries, size, args.pipeline, &connect)?;
                 eprintln!(
                     "[{i:>2}/{total}] {clients:>3} clients, {entries:>5} × {size:>4} B: {:>7.0} req/s",
                     cell.requests_per_s

@@ -75,6 +75,7 @@ fn ms(ns: u64) -> f64 {
 impl Report {
     /// The summary table (also the HTML report's first table), one line per cell.
     pub fn table(&self) -> String {
+        // A pipelined run shows its clients as `clients×in flight`.
         let mut t = String::from(
             "servers clients entries  size  duration(s)  client mean±std (s)   req/s  of ceiling   ms/req   p50 ms   p99 ms  p99.9 ms  p50/floor  leader disk\n",
         );
@@ -88,7 +89,10 @@ impl Report {
                 t,
                 "{:>7} {:>7} {:>7} {:>5} {:>12.3} {:>10.3} ± {:<8.3} {:>7.0} {:>11} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>10}  {disk}{}",
                 c.servers,
-                c.clients,
+                match c.pipeline {
+                    1 => c.clients.to_string(),
+                    d => format!("{}×{d}", c.clients),
+                },
                 c.entries,
                 c.size,
                 c.duration_s,
@@ -110,7 +114,10 @@ impl Report {
                     "{:.2} ×",
                     c.latency.p50_ns as f64 / f.max(1) as f64
                 )),
-                if c.errors > 0 { format!("  ({} failed)", c.errors) } else { String::new() },
+                match &c.first_error {
+                    Some(why) if c.errors > 0 => format!("  ({} failed; the first: {why})", c.errors),
+                    _ => String::new(),
+                },
             );
         }
         if let Some(b) = &self.baseline {
@@ -123,7 +130,7 @@ impl Report {
             );
             let _ = writeln!(
                 t,
-                "ceiling (closed-loop clients against a loopback TCP echo server): {}",
+                "ceiling (the same clients against a loopback TCP echo server): {}",
                 b.ceiling_line()
             );
         }

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use serde::Serialize;
-use weft_raft::client::Client;
+use std::collections::HashMap;
+
+use weft_raft::client::{Client, Connection};
+use weft_raft::service::protocol::{ClientRequest, Reply, Request};
 
 use crate::latency::{Recorder, Summary};
 
@@ -23,6 +26,8 @@ pub struct CellResult {
     pub servers: u32,
     /// Concurrent clients.
     pub clients: u32,
+    /// Puts each client kept in flight.
+    pub pipeline: u32,
     /// Puts in the run.
     pub entries: u64,
     /// Bytes per value.
@@ -43,6 +48,8 @@ pub struct CellResult {
     pub cdf: Vec<(f64, f64)>,
     /// Puts that failed after the client's retries.
     pub errors: u64,
+    /// Why the first of them failed.
+    pub first_error: Option<String>,
     /// Bytes on the leader's disk after the run (log, hard state, snapshots), when the
     /// cluster is local.
     pub leader_disk_bytes: Option<u64>,
@@ -71,6 +78,119 @@ fn show_progress<T>(done: &AtomicU64, entries: u64, workers: &[std::thread::Join
     let _ = write!(err, "\r{}\r", " ".repeat(60));
 }
 
+/// Failed puts: how many, and why the first one failed.
+#[derive(Default)]
+struct Failed {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Failed {
+    fn add(&mut self, why: impl std::fmt::Display) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| why.to_string());
+    }
+
+    fn merge(&mut self, other: Failed) {
+        self.count += other.count;
+        self.first = self.first.take().or(other.first);
+    }
+}
+
+/// What one client thread measured: its duration, its latencies, its failed puts.
+type ClientRun = (Duration, Recorder, Failed);
+
+/// One put at a time, each retried by the client library until answered.
+fn closed_loop(
+    mut client: Client,
+    n: u64,
+    key: &dyn Fn(u64) -> String,
+    value: &Bytes,
+    start_line: &Barrier,
+    done: &AtomicU64,
+) -> anyhow::Result<ClientRun> {
+    // Every thread reaches the start line, ready or not, so that a failure cannot leave
+    // the others waiting there.
+    let rec = Recorder::new();
+    start_line.wait();
+    let (mut rec, mut failed) = (rec?, Failed::default());
+    let began = Instant::now();
+    for k in 0..n {
+        let t = Instant::now();
+        match client.put(&key(k), value.clone()) {
+            Ok(_) => rec.record(t.elapsed()),
+            Err(e) => failed.add(e),
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok((began.elapsed(), rec, failed))
+}
+
+/// `depth` puts in flight on one connection to the leader the client found, a new one
+/// sent as each answer arrives; all in the client's session, in sequence. Without the
+/// library's retries a redirect or error answer counts as a failed put, and the run ends
+/// if an answer takes longer than the client's patience.
+fn pipelined(
+    mut client: Client,
+    n: u64,
+    depth: u32,
+    key: &dyn Fn(u64) -> String,
+    value: &Bytes,
+    start_line: &Barrier,
+    done: &AtomicU64,
+) -> anyhow::Result<ClientRun> {
+    // A write finds the leader (a read may be answered by a follower).
+    let found = client.put("bench-warm-up", value.clone());
+    let cfg = client.config();
+    let conn = Connection::connect(client.target(), cfg.connect_timeout, cfg.max_frame);
+    let rec = Recorder::new();
+    let patience = cfg.max_total;
+    let (session, mut seq) = (client.client_id(), client.last_seq());
+    let mut failed = Failed::default();
+    let mut sent_at = HashMap::new();
+    let mut put =
+        |conn: &mut Connection, sent_at: &mut HashMap<_, _>, k: u64| -> anyhow::Result<()> {
+            seq += 1;
+            let id = conn.next_id();
+            let body = Request::Put {
+                client: session,
+                seq,
+                key: key(k),
+                value: value.clone(),
+            };
+            sent_at.insert(id, Instant::now());
+            conn.send(&ClientRequest { id, body })?;
+            Ok(())
+        };
+    start_line.wait();
+    found?;
+    let (mut conn, mut rec) = (conn?, rec?);
+    let began = Instant::now();
+    let mut next = 0;
+    while next < n.min(u64::from(depth)) {
+        put(&mut conn, &mut sent_at, next)?;
+        next += 1;
+    }
+    let mut answered = 0;
+    while answered < n {
+        let reply = conn.recv(Some(patience))?;
+        let Some(t) = sent_at.remove(&reply.id) else {
+            continue; // not one of ours
+        };
+        match reply.body {
+            Reply::Written { .. } => rec.record(t.elapsed()),
+            other => failed.add(format!("{other:?}")),
+        }
+        answered += 1;
+        done.fetch_add(1, Ordering::Relaxed);
+        if next < n {
+            put(&mut conn, &mut sent_at, next)?;
+            next += 1;
+        }
+    }
+    Ok((began.elapsed(), rec, failed))
+}
+
 /// Mean and (population) standard deviation.
 pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {
@@ -90,17 +210,19 @@ fn share(entries: u64, clients: u32, i: u32) -> u64 {
 
 /// Runs the puts with one client per thread, made by `connect`, each connected to the
 /// leader before the clock starts; keys are unique per client and request, so every put
-/// appends a new entry to the log.
+/// appends a new entry to the log. Each client keeps `pipeline` puts in flight on its
+/// connection (1: rafty's closed loop, one request, then its answer).
 pub fn run(
     servers: u32,
     clients: u32,
     entries: u64,
     size: usize,
+    pipeline: u32,
     connect: &dyn Fn() -> anyhow::Result<Client>,
 ) -> anyhow::Result<CellResult> {
     anyhow::ensure!(
-        clients > 0 && entries > 0,
-        "a run needs clients and entries"
+        clients > 0 && entries > 0 && pipeline > 0,
+        "a run needs clients, entries and at least one put in flight"
     );
     let start_line = Arc::new(Barrier::new(clients as usize + 1));
     let done = Arc::new(AtomicU64::new(0));
@@ -113,22 +235,15 @@ pub fn run(
             std::thread::Builder::new()
                 .name(format!("bench-client-{i}"))
                 .spawn(move || {
-                    let mut rec = Recorder::new()?;
-                    let mut errors = 0;
                     // Connect (and find the leader) before the clock starts: the runs
                     // measure steady writes, not a storm of connection set-ups.
                     let _ = client.get("bench-warm-up");
-                    start_line.wait();
-                    let began = Instant::now();
-                    for k in 0..n {
-                        let t = Instant::now();
-                        match client.put(&format!("bench-{i}-{k}"), value.clone()) {
-                            Ok(_) => rec.record(t.elapsed()),
-                            Err(_) => errors += 1,
-                        }
-                        done.fetch_add(1, Ordering::Relaxed);
+                    let key = |k: u64| format!("bench-{i}-{k}");
+                    if pipeline == 1 {
+                        closed_loop(client, n, &key, &value, &start_line, &done)
+                    } else {
+                        pipelined(client, n, pipeline, &key, &value, &start_line, &done)
                     }
-                    Ok::<_, anyhow::Error>((began.elapsed(), rec, errors))
                 })
                 .context("starting a client thread")
         })
@@ -137,19 +252,23 @@ pub fn run(
     let began = Instant::now();
     show_progress(&done, entries, &workers);
     let mut all = Recorder::new()?;
-    let (mut durations, mut errors) = (Vec::new(), 0);
+    let (mut durations, mut failed) = (Vec::new(), Failed::default());
     for w in workers {
-        let (d, rec, e): (Duration, Recorder, u64) = w
+        let (d, rec, e): ClientRun = w
             .join()
             .map_err(|_| anyhow!("a client thread panicked"))??;
         durations.push(d.as_secs_f64());
         all.merge(&rec);
-        errors += e;
+        failed.merge(e);
     }
     let duration_s = began.elapsed().as_secs_f64();
-    let latency = all
-        .summary()
-        .ok_or_else(|| anyhow!("no put was acknowledged ({errors} failed)"))?;
+    let latency = all.summary().ok_or_else(|| {
+        anyhow!(
+            "no put was acknowledged ({} failed; the first: {})",
+            failed.count,
+            failed.first.as_deref().unwrap_or("-")
+        )
+    })?;
     let (client_mean_s, client_std_s) = mean_std(&durations);
     Ok(CellResult {
         servers,
@@ -159,11 +278,13 @@ pub fn run(
         duration_s,
         client_mean_s,
         client_std_s,
+        pipeline,
         requests_per_s: latency.count as f64 / duration_s,
         mean_request_ms: latency.mean_ns / 1e6,
         latency,
         cdf: all.cdf(50),
-        errors,
+        errors: failed.count,
+        first_error: failed.first,
         leader_disk_bytes: None,
     })
 }
