@@ -156,20 +156,26 @@ fn the_matrix_runs_against_a_running_cluster() {
     cluster.leader(Duration::from_secs(15)).expect("a leader");
     let out = tmp.path().join("report");
     let config = cluster.config().to_str().unwrap().to_string();
-    weft(&[
-        "bench",
-        "--cluster",
-        &config,
-        "--clients",
-        "2",
-        "--entries",
-        "100",
-        "--sizes",
-        "10",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let r = report(&out);
+    // Two clients, 10-byte values.
+    let bench = |entries: &str, pipeline: &str| {
+        weft(&[
+            "bench",
+            "--cluster",
+            &config,
+            "--clients",
+            "2",
+            "--entries",
+            entries,
+            "--sizes",
+            "10",
+            "--pipeline",
+            pipeline,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        report(&out)
+    };
+    let r = bench("100", "1");
     check_cells(&r, &[(3, 2)], 100);
     assert!(
         r["elections"].is_null(),
@@ -181,22 +187,7 @@ fn the_matrix_runs_against_a_running_cluster() {
 
     // Again with 8 puts in flight per client: every one acknowledged, and the ceiling is
     // measured with as many in flight.
-    weft(&[
-        "bench",
-        "--cluster",
-        &config,
-        "--clients",
-        "2",
-        "--entries",
-        "300",
-        "--sizes",
-        "10",
-        "--pipeline",
-        "8",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let r = report(&out);
+    let r = bench("300", "8");
     check_cells(&r, &[(3, 2)], 300);
     assert_eq!(r["cells"][0]["pipeline"], 8);
     assert_eq!(r["baseline"]["echo_ceiling"][0]["in_flight"], 8);

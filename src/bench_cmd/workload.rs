@@ -100,15 +100,25 @@ impl Failed {
 /// What one client thread measured: its duration, its latencies, its failed puts.
 type ClientRun = (Duration, Recorder, Failed);
 
-/// One put at a time, each retried by the client library until answered.
-fn closed_loop(
-    mut client: Client,
+/// One client's share of a cell: `n` puts of `value` under `key(k)`, started together at
+/// `start_line`, each counted in `done` for the progress bar.
+struct Share<'a> {
     n: u64,
-    key: &dyn Fn(u64) -> String,
-    value: &Bytes,
-    start_line: &Barrier,
-    done: &AtomicU64,
-) -> anyhow::Result<ClientRun> {
+    key: &'a dyn Fn(u64) -> String,
+    value: &'a Bytes,
+    start_line: &'a Barrier,
+    done: &'a AtomicU64,
+}
+
+/// One put at a time, each retried by the client library until answered.
+fn closed_loop(mut client: Client, share: Share<'_>) -> anyhow::Result<ClientRun> {
+    let Share {
+        n,
+        key,
+        value,
+        start_line,
+        done,
+    } = share;
     // Every thread reaches the start line, ready or not, so that a failure cannot leave
     // the others waiting there.
     let rec = Recorder::new();
@@ -130,15 +140,14 @@ fn closed_loop(
 /// sent as each answer arrives; all in the client's session, in sequence. Without the
 /// library's retries a redirect or error answer counts as a failed put, and the run ends
 /// if an answer takes longer than the client's patience.
-fn pipelined(
-    mut client: Client,
-    n: u64,
-    depth: u32,
-    key: &dyn Fn(u64) -> String,
-    value: &Bytes,
-    start_line: &Barrier,
-    done: &AtomicU64,
-) -> anyhow::Result<ClientRun> {
+fn pipelined(mut client: Client, depth: u32, share: Share<'_>) -> anyhow::Result<ClientRun> {
+    let Share {
+        n,
+        key,
+        value,
+        start_line,
+        done,
+    } = share;
     // A write finds the leader (a read may be answered by a follower).
     let found = client.put("bench-warm-up", value.clone());
     let cfg = client.config();
@@ -239,10 +248,17 @@ pub fn run(
                     // measure steady writes, not a storm of connection set-ups.
                     let _ = client.get("bench-warm-up");
                     let key = |k: u64| format!("bench-{i}-{k}");
+                    let share = Share {
+                        n,
+                        key: &key,
+                        value: &value,
+                        start_line: &start_line,
+                        done: &done,
+                    };
                     if pipeline == 1 {
-                        closed_loop(client, n, &key, &value, &start_line, &done)
+                        closed_loop(client, share)
                     } else {
-                        pipelined(client, n, pipeline, &key, &value, &start_line, &done)
+                        pipelined(client, pipeline, share)
                     }
                 })
                 .context("starting a client thread")
