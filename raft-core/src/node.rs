@@ -52,7 +52,22 @@ pub trait LogStore: Send {
     fn sync(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// Something that makes a local snapshot's file durable from another thread, so that
+    /// writing a large state does not hold up the log's syncs; the storage thread then
+    /// records it with [`LogStore::compact_written`]. `None` (the default): `compact` does
+    /// both on the storage thread.
+    fn snapshot_writer(&self) -> Option<SnapshotWriter> {
+        None
+    }
+    /// Records a local snapshot whose file the [`LogStore::snapshot_writer`] made durable;
+    /// ignored if a newer snapshot was stored meanwhile (from the leader, say).
+    fn compact_written(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        self.compact(snapshot)
+    }
 }
+
+/// Writes one snapshot's file durably (see [`LogStore::snapshot_writer`]).
+pub type SnapshotWriter = Arc<dyn Fn(&Snapshot) -> Result<(), String> + Send + Sync>;
 
 /// A store that keeps nothing: for benchmarks of consensus alone, and tests.
 #[derive(Debug, Default)]
@@ -1007,25 +1022,66 @@ fn storage_loop(
     jobs: &Receiver<StoreJob>,
     stored: &Sender<Stored>,
 ) {
-    while let Ok(first) = jobs.recv() {
+    let writer = store.snapshot_writer();
+    // Snapshot files written off this thread, waiting to be recorded.
+    let (written_tx, written) = unbounded::<Result<Snapshot, String>>();
+    let mut writing = 0usize;
+    loop {
+        let first = select! {
+            recv(jobs) -> j => match j {
+                Ok(j) => Work::Job(j),
+                // Stopping: record the snapshots still being written, then end.
+                Err(_) if writing > 0 => match written.recv() {
+                    Ok(w) => Work::Written(w),
+                    Err(_) => return,
+                },
+                Err(_) => return,
+            },
+            recv(written) -> w => match w {
+                Ok(w) => Work::Written(w),
+                Err(_) => return,
+            },
+        };
         let mut messages = Vec::new();
         let mut durable = Durable::default();
+        let waiting = jobs
+            .try_iter()
+            .take(STORE_QUEUE)
+            .map(Work::Job)
+            .chain(written.try_iter().map(Work::Written));
         let result = std::iter::once(first)
-            .chain(jobs.try_iter().take(STORE_QUEUE))
-            .try_for_each(|job| match job {
-                StoreJob::Persist {
+            .chain(waiting)
+            .try_for_each(|work| match work {
+                Work::Job(StoreJob::Persist {
                     hard_state,
                     snapshot,
                     entries,
                     messages: m,
                     durable: d,
-                } => {
+                }) => {
                     store.write(hard_state, snapshot.as_ref(), &entries)?;
                     messages.extend(m);
                     durable.merge(d);
                     Ok(())
                 }
-                StoreJob::Compact(snap) => store.compact(&snap),
+                Work::Job(StoreJob::Compact(snap)) => match &writer {
+                    Some(write) => {
+                        let (write, done) = (Arc::clone(write), written_tx.clone());
+                        std::thread::Builder::new()
+                            .name("weft-snap-file".into())
+                            .spawn(move || {
+                                let _ = done.send(write(&snap).map(|()| snap));
+                            })
+                            .map_err(|e| format!("cannot start a snapshot writer: {e}"))?;
+                        writing += 1;
+                        Ok(())
+                    }
+                    None => store.compact(&snap),
+                },
+                Work::Written(w) => {
+                    writing -= 1;
+                    store.compact_written(&w?)
+                }
             })
             .and_then(|()| store.sync());
         if let Err(e) = result {
@@ -1035,6 +1091,13 @@ fn storage_loop(
         send_messages(transport, &messages);
         let _ = stored.send(Stored::Durable(durable));
     }
+}
+
+/// What the storage thread does next: a job from the node, or recording a snapshot whose
+/// file a writer thread finished (or failed to write).
+enum Work {
+    Job(StoreJob),
+    Written(Result<Snapshot, String>),
 }
 
 /// Sends a `Ready`'s messages over `transport` as the node runtime does: each distinct

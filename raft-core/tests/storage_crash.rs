@@ -322,6 +322,53 @@ fn group_commit_makes_writes_durable_only_at_sync() {
     assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
 }
 
+/// A snapshot file written off the storage thread is recorded later, after entries written
+/// meanwhile: the log keeps those, and a snapshot overtaken by a newer one in between (from
+/// the leader) is only removed.
+#[test]
+fn a_snapshot_written_elsewhere_is_recorded_after_later_entries() {
+    use weft_raft::node::LogStore;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), StorageOptions::default());
+    let mut m = State::default();
+    s.persist(Some(hs(1, 8)), None, &ents(1..=8, 1)).unwrap();
+    m.persist(Some(hs(1, 8)), None, &ents(1..=8, 1));
+    let write_file = s
+        .snapshot_writer()
+        .expect("a disk store writes files elsewhere");
+    std::thread::scope(|t| {
+        t.spawn(|| write_file(&snap(5, 1)).unwrap());
+    });
+    assert_eq!(snapshot_files(dir.path()).len(), 1, "the file alone");
+    s.write(Some(hs(1, 10)), None, &ents(9..=10, 1)).unwrap();
+    m.persist(Some(hs(1, 10)), None, &ents(9..=10, 1));
+    LogStore::compact_written(&mut s, &snap(5, 1)).unwrap();
+    m.compact(&snap(5, 1));
+    s.sync().unwrap();
+    drop(s);
+    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    assert_eq!(st, m.recovered());
+    assert_eq!(st.entries.first().map(|e| e.index), Some(6));
+    assert_eq!(st.entries.last().map(|e| e.index), Some(10));
+
+    // A file for 7 is written while the leader's snapshot at 9 is installed: recording 7
+    // afterwards changes nothing and its file goes.
+    std::thread::scope(|t| {
+        t.spawn(|| write_file(&snap(7, 1)).unwrap());
+    });
+    s.persist(None, Some(&snap(9, 1)), &[]).unwrap();
+    m.persist(None, Some(&snap(9, 1)), &[]);
+    LogStore::compact_written(&mut s, &snap(7, 1)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
+    let left: Vec<String> = snapshot_files(dir.path()).iter().map(|p| name(p)).collect();
+    assert_eq!(
+        left,
+        [name(Path::new(&format!("snap-{:016x}-{:016x}.snap", 9, 1)))]
+    );
+}
+
 /// One call: hard state, snapshot, entries, and whether it is a local compaction.
 type Step = (Option<HardState>, Option<Snapshot>, Vec<Entry>, bool);
 

@@ -569,6 +569,32 @@ impl DiskStorage {
         result
     }
 
+    /// Records a local snapshot whose file is already durable in the data directory
+    /// (written from another thread, so that a large state does not hold up the log's
+    /// syncs): like [`DiskStorage::compact`] without writing the file, durable at the next
+    /// sync. If a newer snapshot was stored meanwhile (installed from the leader), the file
+    /// is only removed.
+    pub fn compact_written(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        if self.check_not_stale(snapshot).is_err() {
+            let name = snapshot::file_name(snapshot.meta.index, snapshot.meta.term);
+            self.stale_snapshots.push(self.dir.join(name));
+            return Ok(());
+        }
+        let mark = SnapMark {
+            index: snapshot.meta.index,
+            term: snapshot.meta.term,
+            keep_suffix: true,
+        };
+        let result = self.write_batch(None, Some(mark), None, &[], None);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
     /// Bytes of log on disk: the segment files, writes not yet synced included, snapshot
     /// files not included.
     pub fn log_bytes(&self) -> u64 {
@@ -804,5 +830,18 @@ impl crate::node::LogStore for DiskStorage {
 
     fn sync(&mut self) -> Result<(), String> {
         DiskStorage::sync(self).map_err(|e| e.to_string())
+    }
+
+    fn snapshot_writer(&self) -> Option<crate::node::SnapshotWriter> {
+        let (dir, cluster, node) = (self.dir.clone(), self.cluster_id, self.node.0);
+        Some(std::sync::Arc::new(move |s: &Snapshot| {
+            snapshot::write(&dir, cluster, node, s)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }))
+    }
+
+    fn compact_written(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        DiskStorage::compact_written(self, snapshot).map_err(|e| e.to_string())
     }
 }
