@@ -365,6 +365,7 @@ impl Node {
             raw,
             kv,
             jobs: Some(jobs),
+            backlog: std::collections::VecDeque::new(),
             stored,
             storage: Some(storage),
             transport,
@@ -470,6 +471,8 @@ struct Runtime {
     kv: KvStore,
     /// Work for the storage thread, which owns the [`LogStore`]; `None` once stopping.
     jobs: Option<Sender<StoreJob>>,
+    /// Jobs its full queue could not take yet, in order (see `hand_to_storage`).
+    backlog: std::collections::VecDeque<StoreJob>,
     /// What the storage thread made durable (or why it failed), in order.
     stored: Receiver<Stored>,
     storage: Option<JoinHandle<()>>,
@@ -506,14 +509,18 @@ impl Runtime {
         let mut next_tick = Instant::now() + self.tick;
         let inbox = self.transport.inbox().clone();
         let snapshots = self.snapshots.1.clone();
+        let (requests, held) = (self.requests.clone(), crossbeam_channel::never());
         'run: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
+            // While storage is behind, requests wait in their queue (and past its bound
+            // are refused as busy); everything else goes on.
+            let admitting = self.backlog.is_empty();
             select! {
                 recv(inbox) -> d => match d {
                     Ok(d) => self.on_delivery(d),
                     Err(_) => break,
                 },
-                recv(self.requests) -> r => match r {
+                recv(if admitting { &requests } else { &held }) -> r => match r {
                     Ok(r) => self.on_request(r),
                     Err(_) => break,
                 },
@@ -547,7 +554,14 @@ impl Runtime {
                 }
                 batch[1] += 1;
             }
-            while let Ok(r) = self.requests.try_recv() {
+            if let Err(e) = self.drain_backlog() {
+                self.stop_on_storage_failure(e);
+                break;
+            }
+            while self.backlog.is_empty() {
+                let Ok(r) = self.requests.try_recv() else {
+                    break;
+                };
                 self.on_request(r);
                 batch[2] += 1;
             }
@@ -581,9 +595,16 @@ impl Runtime {
             }
         }
         self.fail_all(NodeError::Stopped);
-        // The storage thread finishes what it was given (nothing acknowledged depends on
-        // it: an answered write is durable on a majority), then stops.
-        self.jobs = None;
+        // The storage thread finishes what it was given and the backlog (nothing
+        // acknowledged depends on them: an answered write is durable on a majority), then
+        // stops.
+        if let Some(jobs) = self.jobs.take() {
+            for job in self.backlog.drain(..) {
+                if jobs.send(job).is_err() {
+                    break; // it failed and stopped already
+                }
+            }
+        }
         if let Some(t) = self.storage.take() {
             let _ = t.join();
         }
@@ -605,11 +626,34 @@ impl Runtime {
         }
     }
 
-    fn hand_to_storage(&self, job: StoreJob) -> Result<(), String> {
-        self.jobs
+    /// Queues `job` for the storage thread without ever waiting: a full queue leaves it
+    /// (and every later job, in order) in the backlog, and new client requests wait until
+    /// the backlog drains. Blocking here would stop heartbeats and ticks too, and an
+    /// overloaded leader would lose its followers instead of slowing its clients.
+    fn hand_to_storage(&mut self, job: StoreJob) -> Result<(), String> {
+        self.backlog.push_back(job);
+        self.drain_backlog()
+    }
+
+    /// Moves backlogged jobs to the storage thread while its queue has room.
+    fn drain_backlog(&mut self) -> Result<(), String> {
+        let jobs = self
+            .jobs
             .as_ref()
-            .and_then(|j| j.send(job).ok())
-            .ok_or_else(|| "the storage thread stopped".to_string())
+            .ok_or_else(|| "the storage thread stopped".to_string())?;
+        while let Some(job) = self.backlog.pop_front() {
+            match jobs.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job)) => {
+                    self.backlog.push_front(job);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err("the storage thread stopped".to_string())
+                }
+            }
+        }
+        Ok(())
     }
 
     fn on_delivery(&mut self, d: weft_transport::Delivery) {

@@ -412,3 +412,97 @@ fn snapshots_space_out_as_the_state_grows() {
     // Every 10 entries would be 20 snapshots; doubling intervals make about 5.
     assert!((2..=8).contains(&seen.len()), "{seen:?}");
 }
+
+/// A store whose writes wait while its switch is on: a disk that stopped keeping up.
+struct Stalling(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl weft_raft::node::LogStore for Stalling {
+    fn persist(
+        &mut self,
+        _: Option<weft_raft::HardState>,
+        _: Option<&weft_raft::Snapshot>,
+        _: &[weft_raft::Entry],
+    ) -> Result<(), String> {
+        while self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+    fn compact(&mut self, _: &weft_raft::Snapshot) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Lets every stalled write go when dropped, so that a failing test does not leave a node
+/// waiting for its disk forever while it is being stopped.
+struct Unstall(Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>);
+
+impl Drop for Unstall {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            s.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// A leader whose disk falls far behind (more Readies than the storage queue holds) keeps
+/// leading: its Raft thread never waits for the disk, so heartbeats go on, the followers
+/// commit the writes meanwhile, and no election happens.
+#[test]
+fn a_leader_with_a_stalled_disk_keeps_its_followers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stalls: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let mut cfg = NodeConfig::new(NodeId(id), (1..=3).map(NodeId));
+            // Longer ticks than the other tests: this one asserts that no election
+            // happens, which a loaded CI machine must not fake.
+            cfg.tick = Duration::from_millis(20);
+            Node::start(
+                cfg,
+                Persisted::default(),
+                Box::new(Stalling(Arc::clone(&stalls[id as usize - 1]))),
+                transport(0xA0DE_0888, id, 3),
+            )
+            .unwrap()
+        })
+        .collect();
+    // Dropped before the nodes.
+    let _unstall = Unstall(stalls.clone());
+    let h: Vec<_> = nodes.iter().map(|n| Some(n.handle())).collect();
+    write(&h, &put(5, 1, "first", "x"));
+    let leader = h
+        .iter()
+        .flatten()
+        .find(|n| n.status().is_some_and(|s| s.role == "Leader"))
+        .expect("a leader")
+        .clone();
+    let status = leader.status().unwrap();
+    let (lid, term) = (status.id, status.term);
+    stalls[lid.0 as usize - 1].store(true, Ordering::Relaxed);
+    // One write per pass of the Raft thread, well past the storage queue's 1,024 Readies.
+    let answers: Vec<_> = (2..1600u64)
+        .map(|seq| {
+            let a = leader.write(put(5, seq, &format!("k{seq}"), "v"));
+            std::thread::sleep(Duration::from_micros(300));
+            a
+        })
+        .collect();
+    // Several election timeouts (200–400 ms here) later, the same leader in the same term.
+    std::thread::sleep(Duration::from_millis(1000));
+    for (i, n) in h.iter().enumerate() {
+        if NodeId(i as u32 + 1) != lid {
+            let s = n.as_ref().unwrap().status().unwrap();
+            assert_eq!((s.term, s.leader), (term, Some(lid)), "node {}", i + 1);
+        }
+    }
+    stalls[lid.0 as usize - 1].store(false, Ordering::Relaxed);
+    for a in answers {
+        match a.recv_timeout(Duration::from_secs(20)).unwrap() {
+            Ok(_) | Err(NodeError::Busy) => {}
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert_eq!(leader.status().unwrap().term, term);
+}
