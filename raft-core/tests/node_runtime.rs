@@ -361,20 +361,32 @@ fn clocks_beyond_epsilon_turn_ordered_elections_off_and_raft_carries_on() {
     assert_eq!(read(&h, "k").as_deref(), Some(&b"v19"[..]));
 }
 
-/// Records every compaction a node hands its storage: (snapshot index, snapshot bytes).
-struct Compactions(std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>>);
+/// A store that keeps nothing but records every compaction a node hands it (snapshot
+/// index, snapshot bytes), and whose writes wait while `stall` is on: a disk that stopped
+/// keeping up.
+#[derive(Default)]
+struct TestStore {
+    compactions: std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
-impl weft_raft::node::LogStore for Compactions {
+impl weft_raft::node::LogStore for TestStore {
     fn persist(
         &mut self,
         _: Option<weft_raft::HardState>,
         _: Option<&weft_raft::Snapshot>,
         _: &[weft_raft::Entry],
     ) -> Result<(), String> {
+        while self.stall.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(())
     }
     fn compact(&mut self, s: &weft_raft::Snapshot) -> Result<(), String> {
-        self.0.lock().unwrap().push((s.meta.index, s.data.len()));
+        self.compactions
+            .lock()
+            .unwrap()
+            .push((s.meta.index, s.data.len()));
         Ok(())
     }
 }
@@ -391,7 +403,10 @@ fn snapshots_space_out_as_the_state_grows() {
     let node = Node::start(
         cfg,
         Persisted::default(),
-        Box::new(Compactions(std::sync::Arc::clone(&seen))),
+        Box::new(TestStore {
+            compactions: std::sync::Arc::clone(&seen),
+            ..TestStore::default()
+        }),
         transport(0xA0DE_0777, 1, 1),
     )
     .unwrap();
@@ -411,26 +426,6 @@ fn snapshots_space_out_as_the_state_grows() {
     }
     // Every 10 entries would be 20 snapshots; doubling intervals make about 5.
     assert!((2..=8).contains(&seen.len()), "{seen:?}");
-}
-
-/// A store whose writes wait while its switch is on: a disk that stopped keeping up.
-struct Stalling(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl weft_raft::node::LogStore for Stalling {
-    fn persist(
-        &mut self,
-        _: Option<weft_raft::HardState>,
-        _: Option<&weft_raft::Snapshot>,
-        _: &[weft_raft::Entry],
-    ) -> Result<(), String> {
-        while self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-    fn compact(&mut self, _: &weft_raft::Snapshot) -> Result<(), String> {
-        Ok(())
-    }
 }
 
 /// Lets every stalled write go when dropped, so that a failing test does not leave a node
@@ -462,7 +457,10 @@ fn a_leader_with_a_stalled_disk_keeps_its_followers() {
             Node::start(
                 cfg,
                 Persisted::default(),
-                Box::new(Stalling(Arc::clone(&stalls[id as usize - 1]))),
+                Box::new(TestStore {
+                    stall: Arc::clone(&stalls[id as usize - 1]),
+                    ..TestStore::default()
+                }),
                 transport(0xA0DE_0888, id, 3),
             )
             .unwrap()

@@ -112,26 +112,19 @@ struct Share<'a> {
 
 /// One put at a time, each retried by the client library until answered.
 fn closed_loop(mut client: Client, share: Share<'_>) -> anyhow::Result<ClientRun> {
-    let Share {
-        n,
-        key,
-        value,
-        start_line,
-        done,
-    } = share;
     // Every thread reaches the start line, ready or not, so that a failure cannot leave
     // the others waiting there.
     let rec = Recorder::new();
-    start_line.wait();
+    share.start_line.wait();
     let (mut rec, mut failed) = (rec?, Failed::default());
     let began = Instant::now();
-    for k in 0..n {
+    for k in 0..share.n {
         let t = Instant::now();
-        match client.put(&key(k), value.clone()) {
+        match client.put(&(share.key)(k), share.value.clone()) {
             Ok(_) => rec.record(t.elapsed()),
             Err(e) => failed.add(e),
         }
-        done.fetch_add(1, Ordering::Relaxed);
+        share.done.fetch_add(1, Ordering::Relaxed);
     }
     Ok((began.elapsed(), rec, failed))
 }
@@ -141,15 +134,8 @@ fn closed_loop(mut client: Client, share: Share<'_>) -> anyhow::Result<ClientRun
 /// library's retries a redirect or error answer counts as a failed put, and the run ends
 /// if an answer takes longer than the client's patience.
 fn pipelined(mut client: Client, depth: u32, share: Share<'_>) -> anyhow::Result<ClientRun> {
-    let Share {
-        n,
-        key,
-        value,
-        start_line,
-        done,
-    } = share;
     // A write finds the leader (a read may be answered by a follower).
-    let found = client.put("bench-warm-up", value.clone());
+    let found = client.put("bench-warm-up", share.value.clone());
     let cfg = client.config();
     let conn = Connection::connect(client.target(), cfg.connect_timeout, cfg.max_frame);
     let rec = Recorder::new();
@@ -164,24 +150,24 @@ fn pipelined(mut client: Client, depth: u32, share: Share<'_>) -> anyhow::Result
             let body = Request::Put {
                 client: session,
                 seq,
-                key: key(k),
-                value: value.clone(),
+                key: (share.key)(k),
+                value: share.value.clone(),
             };
             sent_at.insert(id, Instant::now());
             conn.send(&ClientRequest { id, body })?;
             Ok(())
         };
-    start_line.wait();
+    share.start_line.wait();
     found?;
     let (mut conn, mut rec) = (conn?, rec?);
     let began = Instant::now();
     let mut next = 0;
-    while next < n.min(u64::from(depth)) {
+    while next < share.n.min(u64::from(depth)) {
         put(&mut conn, &mut sent_at, next)?;
         next += 1;
     }
     let mut answered = 0;
-    while answered < n {
+    while answered < share.n {
         let reply = conn.recv(Some(patience))?;
         let Some(t) = sent_at.remove(&reply.id) else {
             continue; // not one of ours
@@ -191,8 +177,8 @@ fn pipelined(mut client: Client, depth: u32, share: Share<'_>) -> anyhow::Result
             other => failed.add(format!("{other:?}")),
         }
         answered += 1;
-        done.fetch_add(1, Ordering::Relaxed);
-        if next < n {
+        share.done.fetch_add(1, Ordering::Relaxed);
+        if next < share.n {
             put(&mut conn, &mut sent_at, next)?;
             next += 1;
         }
