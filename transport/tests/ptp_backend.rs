@@ -149,7 +149,12 @@ fn a_clock_beyond_epsilon_withdraws_total_order_and_loses_nothing() {
     let (offset, delay) = (offsets[0].offset_ns, offsets[0].delay_ns);
     assert_eq!(offsets[0].peer, NodeId(2));
     assert!((0..50_000_000).contains(&delay), "delay {delay} ns");
-    assert!((offset - 8_000_000).abs() < 1_000_000, "offset {offset} ns");
+    // A two-way exchange bounds the estimate's error by half its round trip, which a busy
+    // machine can stretch past a millisecond.
+    assert!(
+        (offset - 8_000_000).abs() <= (delay / 2 + 1_000).max(1_000_000),
+        "offset {offset} ns, delay {delay} ns"
+    );
     // Messages still flow both ways, without being held for an order no longer promised.
     for i in 0..20u8 {
         t1.send(NodeId(2), Bytes::from(vec![i])).unwrap();
