@@ -93,8 +93,7 @@ struct Session {
 /// replica inserts every write, and on a large map an ordered tree's string comparisons and
 /// cache misses per level were most of a node's apply time (no operation needs key order;
 /// [`KvStore::all`] sorts on demand). Unlike a flat hash table it never stops to rehash
-/// everything at once (at a million keys that took longer than an election timeout), and a
-/// clone shares its structure, so a snapshot is taken in O(1) and serialized on another
+/// everything at once, and a clone shares its structure, so a snapshot is taken in O(1) and serialized on another
 /// thread while the node goes on applying. Snapshot bytes are not canonical across
 /// replicas, only their contents are.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
