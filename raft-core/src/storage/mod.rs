@@ -555,13 +555,8 @@ impl DiskStorage {
             return Err(StorageError::Poisoned);
         }
         self.check_not_stale(snapshot)?;
-        let mark = SnapMark {
-            index: snapshot.meta.index,
-            term: snapshot.meta.term,
-            keep_suffix: true,
-        };
-        let result = self
-            .write_batch(Some(snapshot), Some(mark), None, &[], None)
+        let result = snapshot::write(&self.dir, self.cluster_id, self.node.0, snapshot)
+            .and_then(|_| self.compact_written(snapshot))
             .and_then(|()| self.sync_io());
         if result.is_err() {
             self.poisoned = true;
