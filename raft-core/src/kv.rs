@@ -93,9 +93,9 @@ struct Session {
 /// replica inserts every write, and on a large map an ordered tree's string comparisons and
 /// cache misses per level were most of a node's apply time (no operation needs key order;
 /// [`KvStore::all`] sorts on demand). Unlike a flat hash table it never stops to rehash
-/// everything at once, and a clone shares its structure, so a snapshot is taken in O(1) and serialized on another
-/// thread while the node goes on applying. Snapshot bytes are not canonical across
-/// replicas, only their contents are.
+/// everything at once, and a clone shares its structure, so a snapshot is taken in O(1)
+/// and serialized on another thread while the node goes on applying. Snapshot bytes are
+/// not canonical across replicas, only their contents are.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvStore {
     map: imbl::HashMap<String, Bytes>,

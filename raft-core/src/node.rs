@@ -379,8 +379,7 @@ impl Node {
             snapshot_entries: cfg.snapshot_entries,
             last_snapshot_bytes: recovered_snapshot_bytes,
             bytes_since_snapshot: 0,
-            snapshots: unbounded(),
-            snapshotting: false,
+            snapshot: None,
             tick: cfg.tick,
             request_timeout: cfg.request_timeout,
             failure: Arc::clone(&shared),
@@ -492,10 +491,9 @@ struct Runtime {
     /// Size of the last snapshot taken or installed, and the command bytes applied since.
     last_snapshot_bytes: u64,
     bytes_since_snapshot: u64,
-    /// Snapshots serialized off this thread come back here: the index they cover and their
-    /// bytes. At most one is in the making (`snapshotting`).
-    snapshots: (Sender<Serialized>, Receiver<Serialized>),
-    snapshotting: bool,
+    /// The snapshot being serialized off this thread, if one is: it comes back here with
+    /// the index it covers.
+    snapshot: Option<Receiver<Serialized>>,
     tick: Duration,
     request_timeout: Duration,
     failure: Arc<Mutex<Option<String>>>,
@@ -508,8 +506,8 @@ impl Runtime {
     fn run(&mut self) {
         let mut next_tick = Instant::now() + self.tick;
         let inbox = self.transport.inbox().clone();
-        let snapshots = self.snapshots.1.clone();
         let (requests, held) = (self.requests.clone(), crossbeam_channel::never());
+        let no_snapshot = crossbeam_channel::never();
         'run: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             // While storage is behind, requests wait in their queue (and past its bound
@@ -531,10 +529,13 @@ impl Runtime {
                     },
                     Err(_) => break,
                 },
-                recv(snapshots) -> s => if let Ok((index, data)) = s {
-                    if let Err(e) = self.on_snapshot_taken(index, data) {
-                        self.stop_on_storage_failure(e);
-                        break;
+                recv(self.snapshot.as_ref().unwrap_or(&no_snapshot)) -> s => {
+                    self.snapshot = None;
+                    if let Ok((index, data)) = s {
+                        if let Err(e) = self.on_snapshot_taken(index, data) {
+                            self.stop_on_storage_failure(e);
+                            break;
+                        }
                     }
                 },
                 recv(self.stopped) -> _ => break,
@@ -887,14 +888,15 @@ impl Runtime {
     /// large state here would silence this node for longer than an election timeout.
     fn maybe_snapshot(&mut self) {
         let applied = self.kv.applied();
-        if self.snapshotting
+        if self.snapshot.is_some()
             || self.snapshot_entries == 0
             || applied < self.raw.first_index() + self.snapshot_entries
             || self.bytes_since_snapshot < self.last_snapshot_bytes
         {
             return;
         }
-        let (state, done) = (self.kv.clone(), self.snapshots.0.clone());
+        let state = self.kv.clone();
+        let (done, serialized) = bounded(1);
         let spawned = std::thread::Builder::new()
             .name(format!("weft-snap-{}", self.raw.id()))
             .spawn(move || {
@@ -903,7 +905,7 @@ impl Runtime {
             });
         match spawned {
             Ok(_) => {
-                self.snapshotting = true;
+                self.snapshot = Some(serialized);
                 // What is applied from now on counts towards the next snapshot.
                 self.bytes_since_snapshot = 0;
             }
@@ -916,16 +918,13 @@ impl Runtime {
     /// Compacts the log into the snapshot serialized at `index` and has it stored, unless a
     /// snapshot from the leader has superseded it meanwhile.
     fn on_snapshot_taken(&mut self, index: Index, data: Bytes) -> Result<(), String> {
-        self.snapshotting = false;
         if index < self.raw.first_index() {
             tracing::debug!(node = %self.raw.id(), index, "snapshot superseded before it was ready");
             return Ok(());
         }
         let snap = self.raw.compact(index, data).map_err(|e| e.to_string())?;
         self.last_snapshot_bytes = snap.data.len() as u64;
-        self.hand_to_storage(StoreJob::Compact(snap))?;
-        // Compaction changes nothing to send or apply, but keep the Ready contract whole.
-        self.handle_ready()
+        self.hand_to_storage(StoreJob::Compact(snap))
     }
 
     fn fail_all(&mut self, e: NodeError) {
