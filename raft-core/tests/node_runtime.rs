@@ -99,16 +99,20 @@ fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
             "{}",
             backend.kind()
         );
-        // On ptp the nodes measure each other's clocks and report it in their status.
+        // On ptp the nodes measure each other's clocks and report it in their status. One
+        // measurement on a loaded machine can be off by more than ε (half its round trip);
+        // the next ones, every sync interval, bring the order back.
         if let BackendConfig::Ptp(_) = backend {
             let deadline = Instant::now() + Duration::from_secs(5);
             let offsets = loop {
                 let s = h[0].as_ref().unwrap().status().unwrap();
-                if s.clock_offsets.len() == 2 {
-                    assert!(s.total_order, "one system clock: within ε");
+                if s.clock_offsets.len() == 2 && s.total_order {
                     break s.clock_offsets;
                 }
-                assert!(Instant::now() < deadline, "no clock offsets: {s:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "one system clock, yet no total order within ε: {s:?}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             };
             for o in offsets {
