@@ -442,7 +442,7 @@ pub fn run_participant(args: &FedavgParticipantArgs) -> anyhow::Result<()> {
             args.node
         )
     })?;
-    let mut member = Member::new(cfg, args.node.0, own, cluster.clients.values().copied())?;
+    let mut member = Member::new(cfg, args.node.0, own, &cluster)?;
     member.run()?;
     Ok(())
 }

@@ -17,6 +17,7 @@ fn client(config: &std::path::Path, stale: bool) -> anyhow::Result<(ClusterConfi
         );
     }
     let mut cfg = ClientConfig::new(cluster.clients.values().copied());
+    cfg.cluster = Some(cluster.cluster_id);
     if stale {
         cfg.consistency = Consistency::Stale;
     }

@@ -6,11 +6,12 @@
 //! process it started is killed when it is dropped, so a failing run leaves nothing
 //! behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -35,16 +36,42 @@ pub struct LocalCluster {
     exe: PathBuf,
     procs: BTreeMap<u32, Child>,
     clients: BTreeMap<u32, SocketAddr>,
+    cluster_id: u64,
     switch: Option<Child>,
     helpers: BTreeMap<String, Child>,
 }
 
-fn free_udp() -> std::io::Result<SocketAddr> {
-    UdpSocket::bind("127.0.0.1:0")?.local_addr()
-}
-
-fn free_tcp() -> std::io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
+/// A loopback address whose port is free for TCP and UDP now, chosen at random below the
+/// kernel's ephemeral range and never twice by one process. A port the kernel hands out
+/// for `bind(0)` or for an outgoing connection could go, while a killed node is down, to a
+/// client socket or to another test's cluster: the node then cannot restart, or (before
+/// clients checked the cluster id) another cluster's clients reach it.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(11_000));
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    // Random per call: the standard library seeds each RandomState from the OS.
+    let mut state =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ());
+    for _ in 0..1_000 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = low + ((state >> 33) % u64::from(high - low)) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if !taken.contains(&port)
+            && TcpListener::bind(addr).is_ok()
+            && UdpSocket::bind(addr).is_ok()
+        {
+            taken.insert(port);
+            return Ok(addr);
+        }
+    }
+    anyhow::bail!("no free loopback port in {low}..{high} after 1,000 tries")
 }
 
 impl LocalCluster {
@@ -70,12 +97,12 @@ impl LocalCluster {
         let mut clients = BTreeMap::new();
         let mut nodes = Vec::new();
         for id in 1..=n {
-            let client = free_tcp()?;
+            let client = free_port()?;
             clients.insert(id, client);
             nodes.push(match fabric {
                 Fabric::Udp | Fabric::Ptp => format!(
                     "  {{ id = {id}, addr = \"{}\", client = \"{client}\" }},",
-                    free_udp()?
+                    free_port()?
                 ),
                 Fabric::Vortex => format!("  {{ id = {id}, client = \"{client}\" }},"),
             });
@@ -97,12 +124,13 @@ impl LocalCluster {
                 )
             }
         };
+        let cluster_id = u64::from(u32::from_le_bytes([key[0], key[1], key[2], key[3]]));
         let voters: Vec<String> = (1..=voters).map(|v| v.to_string()).collect();
         let text = format!(
             "# generated for a local cluster\n[cluster]\nid = {}\nnodes = [\n{}\n]\n\n\
              [transport]\n{transport}\n\
              [raft]\ntick_ms = 15\nvoters = [{}]\n\n[security]\nkey_file = \"cluster.key\"\n",
-            u32::from_le_bytes([key[0], key[1], key[2], key[3]]),
+            cluster_id,
             nodes.join("\n"),
             voters.join(", ")
         );
@@ -114,6 +142,7 @@ impl LocalCluster {
             exe: exe.to_path_buf(),
             procs: BTreeMap::new(),
             clients,
+            cluster_id,
             switch,
             helpers: BTreeMap::new(),
         })
@@ -278,6 +307,7 @@ impl LocalCluster {
     /// A client of the whole cluster, with retries bounded by `max_total`.
     pub fn client(&self, max_total: Duration) -> anyhow::Result<Client> {
         let mut cfg = ClientConfig::new(self.clients.values().copied());
+        cfg.cluster = Some(self.cluster_id);
         cfg.request_timeout = Duration::from_secs(2);
         cfg.max_total = max_total;
         Ok(Client::new(cfg)?)

@@ -43,6 +43,7 @@ pub fn run(args: &RunNodeArgs) -> anyhow::Result<()> {
     let node = Node::start(node_cfg, recovered, Box::new(store), transport)?;
     let mut service = ServerConfig::new(listen);
     service.peers_clients = cluster.clients.clone();
+    service.cluster = Some(cluster.cluster_id);
     let server = serve(service, node.handle())?;
     tracing::info!(node = %id, clients = %server.local_addr(), "serving");
     let handle = node.handle();

@@ -120,8 +120,36 @@ impl Workload {
             .count();
         assert!(acked > 100, "only {acked} acknowledged writes");
         if let Err(v) = check(&history) {
-            panic!("{v}; node 1 log:\n{}", cluster.log(1));
+            panic!(
+                "{v}; {}; node 1 log:\n{}",
+                post_mortem(cluster, &history, v.key),
+                cluster.log(1)
+            );
         }
+    }
+}
+
+/// Saves the history of `key` (one event per line, in call order) and every node's log
+/// beside the test binaries, and says where.
+fn post_mortem(cluster: &LocalCluster, history: &[Event], key: u64) -> String {
+    let mut events: Vec<&Event> = history.iter().filter(|e| e.op.key() == key).collect();
+    events.sort_by_key(|e| e.call);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("process-faults-{}", std::process::id()));
+    let saved = std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            let text: String = events.iter().map(|e| format!("{e:?}\n")).collect();
+            std::fs::write(dir.join(format!("history-key{key}.txt")), text)
+        })
+        .and_then(|()| {
+            (1..=5)
+                .map(|id| (id, cluster.log(id)))
+                .filter(|(_, log)| !log.is_empty())
+                .try_for_each(|(id, log)| std::fs::write(dir.join(format!("node-{id}.log")), log))
+        });
+    match saved {
+        Ok(()) => format!("history and node logs in {}", dir.display()),
+        Err(e) => format!("could not save the history: {e}"),
     }
 }
 

@@ -231,10 +231,16 @@ enum Request {
 /// A handle to a running node; cheap to clone and share across threads.
 #[derive(Clone)]
 pub struct NodeHandle {
+    id: NodeId,
     tx: Sender<Request>,
 }
 
 impl NodeHandle {
+    /// The node this handle reaches (for the client service's [`crate::service::protocol::Reply::Welcome`]).
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
     fn submit(&self, r: Request) {
         match self.tx.try_send(r) {
             Ok(()) => {}
@@ -384,12 +390,13 @@ impl Node {
             request_timeout: cfg.request_timeout,
             failure: Arc::clone(&shared),
         };
+        let id = runtime.raw.id();
         let thread = std::thread::Builder::new()
-            .name(format!("weft-node-{}", runtime.raw.id()))
+            .name(format!("weft-node-{id}"))
             .spawn(move || runtime.run())
             .map_err(|e| NodeError::Refused(format!("cannot start the node thread: {e}")))?;
         Ok(Node {
-            handle: NodeHandle { tx },
+            handle: NodeHandle { id, tx },
             stop,
             thread: Some(thread),
             shared,

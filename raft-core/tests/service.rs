@@ -54,11 +54,9 @@ impl Cluster {
         let servers: Vec<Server> = nodes
             .iter()
             .map(|node| {
-                serve(
-                    ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
-                    node.handle(),
-                )
-                .unwrap()
+                let mut cfg = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+                cfg.cluster = Some(cluster);
+                serve(cfg, node.handle()).unwrap()
             })
             .collect();
         for s in &servers {
@@ -621,6 +619,71 @@ fn bad_input_gets_an_error_or_a_close_and_the_server_keeps_serving() {
     still_serves(addr);
     cl.put("after", "ok").unwrap();
     assert_eq!(cl.get("after").unwrap(), Some(b("ok")));
+}
+
+/// Two clusters side by side, each with its own value under the same key. A client that
+/// names its cluster skips the other cluster's node in its address list (the mix-up a
+/// port taken over by another cluster's node causes) and never reads or writes the other's
+/// data; a hello for the wrong cluster gets a clear error and the connection is closed.
+#[test]
+fn a_client_naming_its_cluster_never_uses_another_clusters_node() {
+    const A: u64 = 0x5E41_0010;
+    const B: u64 = 0x5E41_0011;
+    let (ours, theirs) = (Cluster::start(A), Cluster::start(B));
+    theirs.client().put("k", "b").unwrap();
+    let stranger = theirs.addrs()[0];
+    let mut started_at_stranger = 0;
+    for i in 0..20 {
+        let mut cfg = ClientConfig::new([stranger].into_iter().chain(ours.addrs()));
+        cfg.cluster = Some(A);
+        let mut cl = Client::new(cfg).unwrap();
+        if cl.target() == stranger {
+            started_at_stranger += 1;
+        }
+        let value = format!("a{i}");
+        cl.put("k", value.clone()).unwrap();
+        assert_eq!(cl.get("k").unwrap(), Some(Bytes::from(value)));
+    }
+    assert!(
+        started_at_stranger > 0,
+        "no client tried the stranger first"
+    );
+    assert_eq!(
+        theirs.client().get("k").unwrap(),
+        Some(b("b")),
+        "cluster B untouched"
+    );
+
+    // Only the stranger: a clear error, no data.
+    let mut cfg = ClientConfig::new([stranger]);
+    cfg.cluster = Some(A);
+    cfg.max_total = Duration::from_secs(1);
+    match Client::new(cfg).unwrap().get("k") {
+        Err(ClientError::GaveUp { last, .. }) => {
+            assert!(last.contains("belongs to cluster"), "{last}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // On the wire.
+    let mut wrong = conn(stranger);
+    match wrong.hello(A, WAIT) {
+        Err(ClientError::WrongCluster { addr, message }) => {
+            assert_eq!(addr, stranger);
+            assert!(message.contains(&B.to_string()), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        wrong.call(Request::Diagnostic, WAIT).is_err(),
+        "the connection is closed after a wrong hello"
+    );
+    let mut right = conn(stranger);
+    assert_eq!(right.hello(B, WAIT).unwrap(), NodeId(1));
+    assert!(matches!(
+        right.call(Request::Diagnostic, WAIT).unwrap(),
+        Reply::Status { .. }
+    ));
 }
 
 #[test]

@@ -137,7 +137,7 @@ fn pipelined(mut client: Client, depth: u32, share: Share<'_>) -> anyhow::Result
     // A write finds the leader (a read may be answered by a follower).
     let found = client.put("bench-warm-up", share.value.clone());
     let cfg = client.config();
-    let conn = Connection::connect(client.target(), cfg.connect_timeout, cfg.max_frame);
+    let conn = Connection::open(client.target(), cfg, cfg.request_timeout);
     let rec = Recorder::new();
     let patience = cfg.max_total;
     let (session, mut seq) = (client.client_id(), client.last_seq());

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 use weft_raft::client::{Client, ClientConfig, ClientError};
 use weft_raft::NodeId;
+use weft_transport::ClusterConfig;
 
 use super::data::{self, DataError, Examples};
 use super::model::{fedavg, Architecture, ModelError};
@@ -248,13 +249,14 @@ pub struct Member {
 }
 
 impl Member {
-    /// The participant of `node`, whose own client address is `own`, in a cluster whose
-    /// nodes serve clients at `cluster`. Derives the node's shard from the seed.
+    /// The participant of `node`, whose own client address is `own`, in `cluster` (whose
+    /// nodes serve clients at their `client` addresses). Derives the node's shard from the
+    /// seed.
     pub fn new(
         cfg: FedAvgConfig,
         node: u32,
         own: SocketAddr,
-        cluster: impl IntoIterator<Item = SocketAddr>,
+        cluster: &ClusterConfig,
     ) -> Result<Member, RoundError> {
         if !(1..=cfg.nodes).contains(&node) {
             return Err(RoundError::NotAParticipant {
@@ -267,7 +269,9 @@ impl Member {
         let mut own_cfg = ClientConfig::new([own]);
         own_cfg.max_attempts = 1;
         own_cfg.request_timeout = Duration::from_secs(1);
-        let mut kv_cfg = ClientConfig::new(cluster);
+        own_cfg.cluster = Some(cluster.cluster_id);
+        let mut kv_cfg = ClientConfig::new(cluster.clients.values().copied());
+        kv_cfg.cluster = Some(cluster.cluster_id);
         kv_cfg.request_timeout = Duration::from_secs(2);
         kv_cfg.max_total = Duration::from_secs(5);
         Ok(Member {

@@ -64,6 +64,10 @@ pub struct ClientConfig {
     pub consistency: Consistency,
     /// Largest reply frame accepted. Default 4 MiB.
     pub max_frame: usize,
+    /// The cluster id expected: every connection opens with a [`Request::Hello`] naming
+    /// it, and a node of another cluster is skipped like an unreachable one. `None` (the
+    /// default) talks to whatever answers.
+    pub cluster: Option<u64>,
 }
 
 impl ClientConfig {
@@ -79,6 +83,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(1),
             consistency: Consistency::Linearizable,
             max_frame: DEFAULT_MAX_FRAME,
+            cluster: None,
         }
     }
 }
@@ -101,6 +106,14 @@ pub enum ClientError {
         /// The kind of failure.
         kind: ErrorKind,
         /// The server's explanation.
+        message: String,
+    },
+    /// The node at `addr` belongs to another cluster than [`ClientConfig::cluster`].
+    #[error("{addr} is not a node of the expected cluster: {message}")]
+    WrongCluster {
+        /// The node's address.
+        addr: SocketAddr,
+        /// The node's explanation (which cluster it belongs to).
         message: String,
     },
     /// The server answered with a reply of the wrong kind.
@@ -158,6 +171,38 @@ impl Connection {
             max_frame,
             next_id: 1,
         })
+    }
+
+    /// Connects to `addr` as `cfg` says (its connect timeout, at most `timeout`, and its
+    /// frame limit) and, if `cfg` names a cluster, checks within `timeout` that the node
+    /// belongs to it.
+    pub fn open(
+        addr: SocketAddr,
+        cfg: &ClientConfig,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let mut conn = Connection::connect(addr, cfg.connect_timeout.min(timeout), cfg.max_frame)?;
+        if let Some(cluster) = cfg.cluster {
+            conn.hello(cluster, timeout)?;
+        }
+        Ok(conn)
+    }
+
+    /// Checks that the node belongs to cluster `cluster` ([`Request::Hello`]); returns its
+    /// id. A node of another cluster closes the connection.
+    pub fn hello(&mut self, cluster: u64, timeout: Duration) -> Result<NodeId, ClientError> {
+        match self.call(Request::Hello { cluster }, timeout)? {
+            Reply::Welcome { node } => Ok(node),
+            Reply::Error {
+                kind: ErrorKind::WrongCluster,
+                message,
+            } => Err(ClientError::WrongCluster {
+                addr: self.addr,
+                message,
+            }),
+            Reply::Error { kind, message } => Err(ClientError::Server { kind, message }),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The server's address.
@@ -375,7 +420,7 @@ impl Client {
 
     /// The diagnostic of the node at `addr` (one attempt, no redirect).
     pub fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
-        let mut conn = Connection::connect(addr, self.cfg.connect_timeout, self.cfg.max_frame)?;
+        let mut conn = Connection::open(addr, &self.cfg, self.cfg.request_timeout)?;
         match conn.call(Request::Diagnostic, self.cfg.request_timeout)? {
             Reply::Status { status } => Ok(*status),
             Reply::Error { kind, message } => Err(ClientError::Server { kind, message }),
@@ -505,11 +550,7 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         if self.conn.as_ref().is_none_or(|c| c.addr() != target) {
             self.conn = None;
-            self.conn = Some(Connection::connect(
-                target,
-                self.cfg.connect_timeout.min(timeout),
-                self.cfg.max_frame,
-            )?);
+            self.conn = Some(Connection::open(target, &self.cfg, timeout)?);
         }
         let conn = self.conn.as_mut().expect("connected above");
         conn.call(body.clone(), timeout)

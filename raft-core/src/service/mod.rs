@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub frame_timeout: Duration,
     /// Worker threads of the server's runtime. Default 2.
     pub workers: usize,
+    /// The id of this node's cluster: a [`Request::Hello`] naming another is refused with
+    /// [`ErrorKind::WrongCluster`]. `None` (the default) welcomes any.
+    pub cluster: Option<u64>,
 }
 
 impl ServerConfig {
@@ -79,6 +82,7 @@ impl ServerConfig {
 
             frame_timeout: Duration::from_secs(10),
             workers: 2,
+            cluster: None,
         }
     }
 }
@@ -165,12 +169,11 @@ pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceErr
     let peers = Arc::new(RwLock::new(cfg.peers_clients.clone()));
     let shared = Arc::new(Shared {
         node: handle,
-
         peers: Arc::clone(&peers),
         max_frame: cfg.max_frame,
         max_in_flight: cfg.max_in_flight,
-
         frame_timeout: cfg.frame_timeout,
+        cluster: cfg.cluster,
     });
     runtime.spawn(accept_loop(listener, shared));
     Ok(Server {
@@ -184,11 +187,35 @@ pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceErr
 /// What every connection of a server shares.
 struct Shared {
     node: NodeHandle,
-
     peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
     max_frame: usize,
     max_in_flight: usize,
     frame_timeout: Duration,
+    cluster: Option<u64>,
+}
+
+impl Shared {
+    /// The answer to a hello naming `cluster`, and whether the connection must close.
+    fn hello(&self, cluster: u64) -> (Reply, bool) {
+        match self.cluster {
+            Some(own) if own != cluster => (
+                Reply::Error {
+                    kind: ErrorKind::WrongCluster,
+                    message: format!(
+                        "node {} belongs to cluster {own}, not to cluster {cluster}",
+                        self.node.id()
+                    ),
+                },
+                true,
+            ),
+            _ => (
+                Reply::Welcome {
+                    node: self.node.id(),
+                },
+                false,
+            ),
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -272,6 +299,19 @@ async fn read_loop(
             return None;
         };
         match decode::<ClientRequest>(&payload) {
+            Ok(ClientRequest {
+                id,
+                body: Request::Hello { cluster },
+            }) => {
+                let (body, close) = shared.hello(cluster);
+                let reply = ClientReply { id, body };
+                if close {
+                    tracing::debug!(cluster, "hello for another cluster; closing the connection");
+                    let _ = out.send(Out::Close(reply));
+                    return Some(rd);
+                }
+                let _ = out.send(Out::Reply(reply, Some(slot)));
+            }
             Ok(req) => {
                 let replier = Replier::new(req.id, &out, slot, shared);
                 dispatch(req, replier, shared)
@@ -467,6 +507,8 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
             to,
             Box::new(move |r| replier.finish(r, |()| Reply::TransferStarted)),
         ),
+        // The read loop answers hellos itself (it closes the connection on a wrong one).
+        Request::Hello { cluster } => replier.send(shared.hello(cluster).0),
         Request::Diagnostic => {
             let node = node.clone();
             // `status` blocks (briefly) on the node: keep it off the workers.

@@ -18,6 +18,12 @@
 //! [`UNKNOWN_REQUEST`] (0) is reserved for replies to frames whose id could not be read;
 //! clients should number their requests from 1.
 //!
+//! **Cluster check.** A client that knows which cluster it wants opens each connection
+//! with [`Request::Hello`] naming the cluster id; a node of another cluster answers
+//! [`ErrorKind::WrongCluster`] and closes the connection, so a stale or mistyped address
+//! (or a port reused by another cluster's node) gives a clear error instead of reads and
+//! writes against the wrong data. Requests without a hello are served as before.
+//!
 //! **Exactly-once writes.** Writes carry a [`ClientId`] and a [`Seq`]; the state machine
 //! keeps one session per client (see [`crate::kv`]), so a write retried with the same id and
 //! sequence number takes effect at most once, whatever node it reaches.
@@ -140,6 +146,12 @@ pub enum Request {
         /// The node that should lead.
         to: NodeId,
     },
+    /// Opens a connection to a node of cluster `cluster`. Answered with [`Reply::Welcome`],
+    /// or by a node of another cluster with [`ErrorKind::WrongCluster`] and a close.
+    Hello {
+        /// The cluster id the client expects (the `[cluster] id` of its config).
+        cluster: u64,
+    },
 }
 
 impl Request {
@@ -197,6 +209,11 @@ pub enum Reply {
     },
     /// The leader started handing over leadership.
     TransferStarted,
+    /// The answer to a [`Request::Hello`] naming this node's cluster.
+    Welcome {
+        /// The node answering.
+        node: NodeId,
+    },
     /// This node does not lead: retry the same request (same client id and sequence
     /// number) at the leader.
     Redirect {
@@ -235,6 +252,9 @@ pub enum ErrorKind {
     Retry,
     /// Refused for good (an invalid membership change, for instance).
     Refused,
+    /// The node belongs to another cluster than the [`Request::Hello`] named; the server
+    /// closes the connection. Another address of the client's list may be right.
+    WrongCluster,
 }
 
 impl ErrorKind {
@@ -371,6 +391,7 @@ mod tests {
                 changes: vec![Change::AddVoter(NodeId(4)), Change::Remove(NodeId(1))],
             },
             Request::TransferLeader { to: NodeId(2) },
+            Request::Hello { cluster: u64::MAX },
         ] {
             roundtrip(ClientRequest { id: 9, body });
         }
@@ -397,6 +418,7 @@ mod tests {
         };
         for body in [
             Reply::Value { value: None },
+            Reply::Welcome { node: NodeId(3) },
             Reply::Value {
                 value: Some(b("v")),
             },
