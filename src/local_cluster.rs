@@ -274,6 +274,20 @@ impl LocalCluster {
         }
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) node `id`: a process frozen for longer than
+    /// an election timeout and then woken is how a deposed leader comes back believing it
+    /// still leads.
+    pub fn freeze(&self, id: u32, frozen: bool) -> anyhow::Result<()> {
+        let c = self.procs.get(&id).context("node not running")?;
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &c.id().to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill {signal} {} failed", c.id());
+        Ok(())
+    }
+
     /// Waits up to `within` for node `id` to exit on its own; its exit status if it did.
     pub fn wait_exit(&mut self, id: u32, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;

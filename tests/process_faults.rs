@@ -1,8 +1,9 @@
 //! Process-level faults on loopback: three `weft node` processes, 16 concurrent clients,
 //! `kill -9` of the leader and of a follower several times with restarts from the
 //! write-ahead log. Every acknowledged write must survive and the whole client history must
-//! be linearizable (checked with `weft_raft::lincheck`). Membership grows 3 → 5 and shrinks
-//! back under the same load. Each test is bounded (about 20 s).
+//! be linearizable (checked with `weft_raft::lincheck`); the same with a leader frozen
+//! (SIGSTOP) past an election timeout and woken. Membership grows 3 → 5 and shrinks back
+//! under the same load. Each test is bounded (about 20 s).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,6 +205,26 @@ fn kill_nine(fabric: Fabric) {
         cluster.start(victim).unwrap();
     }
     std::thread::sleep(Duration::from_millis(1500));
+    load.finish(&cluster);
+}
+
+/// A leader frozen (SIGSTOP) for longer than an election timeout comes back believing it
+/// leads, with clients' requests queued on its sockets: nothing it answers may be stale.
+#[test]
+fn a_frozen_leader_that_wakes_up_answers_nothing_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = running(dir.path(), 3, 3, Fabric::Udp);
+    let load = Workload::start(&cluster, 16);
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(1000));
+        let Some((leader, _)) = cluster.leader(Duration::from_secs(10)) else {
+            panic!("round {round}: no leader")
+        };
+        cluster.freeze(leader, true).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        cluster.freeze(leader, false).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1000));
     load.finish(&cluster);
 }
 

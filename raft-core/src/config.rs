@@ -27,7 +27,9 @@ pub struct Config {
     /// voters that heard from a leader recently refuse to vote (leader lease).
     pub check_quorum: bool,
     /// Serve reads from the leader's lease instead of a heartbeat round (requires
-    /// `check_quorum`; assumes bounded clock drift between nodes).
+    /// `check_quorum`; assumes bounded clock drift between nodes and no pause of the leader
+    /// process: a leader frozen past an election timeout may answer a read from before its
+    /// successor's writes as it wakes).
     pub lease_reads: bool,
     /// The fabric delivers messages in one total order, a sender's copy to itself
     /// included: a candidate's vote request is multicast to every voter, itself included,
