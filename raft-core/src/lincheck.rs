@@ -89,12 +89,14 @@ pub struct Event {
 
 /// A history that cannot be linearized, with the key that shows it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("history of key {key} is not linearizable ({ops} operations)")]
+#[error("history of key {key} is not linearizable ({ops} operations){}", witness.as_ref().map(|w| format!(": {w}")).unwrap_or_default())]
 pub struct Violation {
     /// The key whose history fails.
     pub key: u64,
     /// How many operations it has.
     pub ops: usize,
+    /// A read that shows it on its own, when one does (see [`witness`]).
+    pub witness: Option<String>,
 }
 
 /// Checks a whole history, key by key.
@@ -108,6 +110,7 @@ pub fn check(history: &[Event]) -> Result<(), Violation> {
             return Err(Violation {
                 key,
                 ops: events.len(),
+                witness: witness(&events),
             });
         }
     }
@@ -135,6 +138,82 @@ pub fn check_key(events: &[Event]) -> bool {
         known_left: events.iter().filter(|e| e.ret != KvRet::Unknown).count(),
     };
     search.run(None)
+}
+
+/// A read of one key's history that is wrong on its face, described for a person: it
+/// returned a value nobody wrote, a value whose only write was called after the read
+/// returned, or a stale value (an acknowledged write of another value began after the
+/// read value's write returned and ended before the read began; for an absent value, any
+/// acknowledged write that ended before the read began, since no operation deletes).
+/// `None` if no single read shows the violation (the search found it in a combination).
+pub fn witness(events: &[Event]) -> Option<String> {
+    // The value an operation may have written.
+    let written = |e: &Event| match (e.op, e.ret) {
+        (KvOp::Put { value, .. }, _) => Some(value),
+        (KvOp::Cas { new, .. }, ret) if ret != KvRet::Swapped(false) => Some(new),
+        _ => None,
+    };
+    let acknowledged = |e: &Event| matches!(e.ret, KvRet::Done | KvRet::Swapped(true));
+    let ms = |t: u64| t as f64 / 1e6;
+    let mut reads: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!((e.op, e.ret), (KvOp::Get { .. }, KvRet::Value(_))))
+        .collect();
+    reads.sort_by_key(|e| e.call);
+    for r in reads {
+        let KvRet::Value(v) = r.ret else { continue };
+        // An acknowledged write of another value than `not`, called after `after` (if
+        // given) and finished before the read began.
+        let newer = |after: Option<u64>, not: Option<u64>| {
+            events.iter().find(|w| {
+                acknowledged(w)
+                    && after.is_none_or(|a| w.call > a)
+                    && w.ret_at < r.call
+                    && written(w) != not
+            })
+        };
+        let read = format!("a read called at {:.3} ms returned {v:?}", ms(r.call));
+        match v {
+            None => {
+                if let Some(w) = newer(None, None) {
+                    return Some(format!(
+                        "{read}, but {:?} was acknowledged at {:.3} ms",
+                        w.op,
+                        ms(w.ret_at)
+                    ));
+                }
+            }
+            Some(x) => {
+                let writers: Vec<&Event> =
+                    events.iter().filter(|w| written(w) == Some(x)).collect();
+                match writers[..] {
+                    [] => return Some(format!("{read}, a value nobody wrote")),
+                    [w] if w.call > r.ret_at => {
+                        return Some(format!(
+                            "{read}, written by {:?} called only at {:.3} ms",
+                            w.op,
+                            ms(w.call)
+                        ))
+                    }
+                    [w] if w.ret != KvRet::Unknown => {
+                        if let Some(w2) = newer(Some(w.ret_at), Some(x)) {
+                            return Some(format!(
+                                "{read}, written by {:?} (returned at {:.3} ms), but {:?} \
+                                 (called at {:.3} ms) was acknowledged at {:.3} ms",
+                                w.op,
+                                ms(w.ret_at),
+                                w2.op,
+                                ms(w2.call),
+                                ms(w2.ret_at)
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    None
 }
 
 struct Search<'a> {
@@ -237,7 +316,7 @@ mod tests {
     #[test]
     fn stale_read_after_a_completed_write_is_rejected() {
         let h = [put(1, 1, 0, 1), put(1, 2, 2, 3), get(1, Some(1), 4, 5)];
-        assert_eq!(check(&h), Err(Violation { key: 1, ops: 3 }));
+        assert_eq!(check(&h).map_err(|v| (v.key, v.ops)), Err((1, 3)));
     }
 
     #[test]
@@ -260,6 +339,50 @@ mod tests {
             get(1, Some(2), 5, 6),
         ];
         assert!(check(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_read_that_shows_the_violation_is_named() {
+        let stale = [put(1, 1, 0, 1), put(1, 2, 2, 3), get(1, Some(1), 4, 5)];
+        let w = check(&stale).unwrap_err().witness.expect("a stale read");
+        assert!(
+            w.contains("returned Some(1)") && w.contains("value: 2"),
+            "{w}"
+        );
+        let lost = [put(1, 1, 0, 1), get(1, None, 4, 5)];
+        let w = check(&lost).unwrap_err().witness.expect("an absent value");
+        assert!(w.contains("returned None") && w.contains("value: 1"), "{w}");
+        let future = [get(1, Some(3), 0, 1), put(1, 3, 2, 3)];
+        let w = check(&future)
+            .unwrap_err()
+            .witness
+            .expect("a read from the future");
+        assert!(w.contains("called only at"), "{w}");
+        let nobody = [get(1, Some(9), 0, 1)];
+        assert!(check(&nobody)
+            .unwrap_err()
+            .witness
+            .unwrap()
+            .contains("nobody wrote"));
+        // Two reads that only together contradict a write order: no single witness.
+        let pair = [
+            put(1, 1, 0, 1),
+            put(1, 2, 2, 10),
+            get(1, Some(2), 3, 4),
+            get(1, Some(1), 5, 6),
+        ];
+        assert_eq!(check(&pair).unwrap_err().witness, None);
+        // An unknown write may be the value read, at any time after its call.
+        let unknown = Event {
+            op: KvOp::Put { key: 1, value: 7 },
+            call: 0,
+            ret_at: 0,
+            ret: KvRet::Unknown,
+        };
+        assert_eq!(
+            witness(&[put(1, 1, 2, 3), unknown, get(1, Some(7), 5, 6)]),
+            None
+        );
     }
 
     #[test]
@@ -304,7 +427,7 @@ mod tests {
             get(2, Some(2), 2, 3),
             get(1, Some(2), 2, 3),
         ];
-        assert_eq!(check(&h), Err(Violation { key: 1, ops: 2 }));
+        assert_eq!(check(&h).map_err(|v| (v.key, v.ops)), Err((1, 2)));
     }
 
     #[test]
