@@ -380,7 +380,12 @@ impl Node {
             writes: HashMap::new(),
             reads: HashMap::new(),
             waiting_apply: Vec::new(),
-            next_ctx: 1,
+            // Random, not 1: a leader may answer a read this node forwarded before it
+            // crashed after it restarted, and that answer must match no read of this life.
+            next_ctx: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                Instant::now(),
+            ),
             rates: Rates::default(),
             snapshot_entries: cfg.snapshot_entries,
             last_snapshot_bytes: recovered_snapshot_bytes,
@@ -492,6 +497,7 @@ struct Runtime {
     reads: HashMap<u64, PendingRead>,
     /// Reads whose index is known, waiting for it to be applied.
     waiting_apply: Vec<(Index, PendingRead)>,
+    /// The context of the next forwarded read: unique across this node's lives.
     next_ctx: u64,
     rates: Rates,
     snapshot_entries: u64,
@@ -707,7 +713,7 @@ impl Runtime {
                     return;
                 }
                 let ctx = self.next_ctx;
-                self.next_ctx += 1;
+                self.next_ctx = self.next_ctx.wrapping_add(1);
                 match self.raw.read_index(ctx) {
                     Ok(()) => {
                         self.reads.insert(ctx, read);

@@ -508,3 +508,112 @@ fn a_leader_with_a_stalled_disk_keeps_its_followers() {
     }
     assert_eq!(leader.status().unwrap().term, term);
 }
+
+/// The test's side of a two-node cluster: node 2, leading term 1 by hand.
+struct FakeLeader(Box<dyn Transport>);
+
+impl FakeLeader {
+    fn send(&self, body: weft_raft::Body) {
+        let m = weft_raft::Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term: 1,
+            epoch: 0,
+            body,
+        };
+        let _ = self.0.send(NodeId(1), m.encode());
+    }
+
+    /// Goes on leading (heartbeats) for `d`; returns the answer `read` got meanwhile, if any.
+    fn hold(&self, d: Duration, read: &ReadAnswer) -> Option<Result<ReadResult, NodeError>> {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.send(weft_raft::Body::Heartbeat {
+                commit: 1,
+                read_round: 0,
+            });
+            if let Ok(answer) = read.recv_timeout(Duration::from_millis(5)) {
+                return Some(answer);
+            }
+        }
+        None
+    }
+
+    /// Leads node 1 (entry 1 committed) and has it read `k`; returns the read's answer and
+    /// the ctx the node forwarded it with.
+    fn forwarded_read(&self, node: &NodeHandle) -> (ReadAnswer, u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut read = None;
+        while Instant::now() < deadline {
+            self.send(weft_raft::Body::Append {
+                prev_index: 0,
+                prev_term: 0,
+                entries: vec![weft_raft::Entry {
+                    term: 1,
+                    index: 1,
+                    payload: weft_raft::Payload::Empty,
+                }],
+                commit: 1,
+            });
+            if read.is_none() {
+                let following = node
+                    .status()
+                    .is_some_and(|s| s.leader == Some(NodeId(2)) && s.applied >= 1);
+                if following {
+                    read = Some(node.read(Some("k".into()), true));
+                }
+            }
+            while let Ok(d) = self.0.inbox().recv_timeout(Duration::from_millis(5)) {
+                let forwarded =
+                    weft_raft::Message::decode(&d.bytes)
+                        .ok()
+                        .and_then(|m| match m.body {
+                            weft_raft::Body::ReadIndex { ctx } => Some(ctx),
+                            _ => None,
+                        });
+                if let Some(ctx) = forwarded.filter(|_| read.is_some()) {
+                    return (read.take().expect("checked"), ctx);
+                }
+            }
+        }
+        panic!("node 1 never forwarded a read");
+    }
+}
+
+type ReadAnswer = crossbeam_channel::Receiver<Result<ReadResult, NodeError>>;
+
+/// A read a follower forwards to the leader is answered only by the answer to that very
+/// request. A node that crashed with a read in flight comes back with a new life: the
+/// leader's answer to the old request (delayed, or retransmitted to the new process) must
+/// not answer a new read with an index that may predate it. Read contexts used to restart
+/// at 1 in every life, so exactly that happened.
+#[test]
+fn a_restarted_follower_ignores_read_answers_meant_for_its_previous_life() {
+    let cluster = 0xC0_7E47;
+    let leader = FakeLeader(transport(cluster, 2, 2));
+    let first_life = start(cluster, 1, 2);
+    let (_pending, old_ctx) = leader.forwarded_read(&first_life.handle());
+    drop(first_life);
+
+    let second_life = start(cluster, 1, 2);
+    let (read, new_ctx) = leader.forwarded_read(&second_life.handle());
+    // The answer to the first life's read: it must not answer the second life's.
+    leader.send(weft_raft::Body::ReadIndexResponse {
+        ctx: old_ctx,
+        index: 1,
+    });
+    if let Some(answer) = leader.hold(Duration::from_millis(300), &read) {
+        panic!(
+            "answered by the answer to another life's read (ctx {old_ctx}, now {new_ctx}): \
+             {answer:?}"
+        );
+    }
+    leader.send(weft_raft::Body::ReadIndexResponse {
+        ctx: new_ctx,
+        index: 1,
+    });
+    match leader.hold(Duration::from_secs(10), &read) {
+        Some(Ok(ReadResult::Value(None))) => {}
+        other => panic!("{other:?}"),
+    }
+}
