@@ -414,7 +414,11 @@ mod tests {
                 "no convergence: spread {} ns",
                 spread()
             );
-            in_a_row = if spread() < 1_000_000 { in_a_row + 1 } else { 0 };
+            in_a_row = if spread() < 1_000_000 {
+                in_a_row + 1
+            } else {
+                0
+            };
             std::thread::sleep(Duration::from_millis(20));
         }
         let converged = started.elapsed();
