@@ -591,11 +591,14 @@ type ReadAnswer = crossbeam_channel::Receiver<Result<ReadResult, NodeError>>;
 fn a_restarted_follower_ignores_read_answers_meant_for_its_previous_life() {
     let cluster = 0xC0_7E47;
     let leader = FakeLeader(transport(cluster, 2, 2));
-    let first_life = start(cluster, 1, 2);
+    // Elections (which drain pending reads) only after two seconds of silence: a loaded
+    // machine may delay the test's heartbeats.
+    let patient = |c: &mut NodeConfig| c.raft.election_tick = 400;
+    let first_life = start_with(cluster, 1, 2, patient);
     let (_pending, old_ctx) = leader.forwarded_read(&first_life.handle());
     drop(first_life);
 
-    let second_life = start(cluster, 1, 2);
+    let second_life = start_with(cluster, 1, 2, patient);
     let (read, new_ctx) = leader.forwarded_read(&second_life.handle());
     // The answer to the first life's read: it must not answer the second life's.
     leader.send(weft_raft::Body::ReadIndexResponse {
