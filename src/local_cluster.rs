@@ -54,14 +54,9 @@ fn free_port() -> anyhow::Result<SocketAddr> {
         .unwrap_or(32768);
     let (low, high) = (10_000u16, ephemeral_low.max(11_000));
     let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
-    // Random per call: the standard library seeds each RandomState from the OS.
-    let mut state =
-        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ());
+    let mut state = weft_raft::random::seed();
     for _ in 0..1_000 {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let port = low + ((state >> 33) % u64::from(high - low)) as u16;
+        let port = low + (weft_raft::random::next(&mut state) % u64::from(high - low)) as u16;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         if !taken.contains(&port)
             && TcpListener::bind(addr).is_ok()

@@ -22,6 +22,7 @@ pub mod node;
 pub mod progress;
 pub mod quorum;
 mod raft;
+pub mod random;
 mod raw_node;
 pub mod service;
 pub mod sim;

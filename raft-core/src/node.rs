@@ -382,10 +382,7 @@ impl Node {
             waiting_apply: Vec::new(),
             // Random, not 1: a leader may answer a read this node forwarded before it
             // crashed after it restarted, and that answer must match no read of this life.
-            next_ctx: std::hash::BuildHasher::hash_one(
-                &std::collections::hash_map::RandomState::new(),
-                Instant::now(),
-            ),
+            next_ctx: crate::random::seed(),
             rates: Rates::default(),
             snapshot_entries: cfg.snapshot_entries,
             last_snapshot_bytes: recovered_snapshot_bytes,

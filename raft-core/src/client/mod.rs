@@ -25,10 +25,8 @@
 mod dict;
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -273,9 +271,9 @@ impl Client {
         if cfg.addresses.is_empty() {
             return Err(ClientError::NoAddresses);
         }
-        let mut rng = random_u64() | 1;
+        let mut rng = crate::random::seed() | 1;
         let id = loop {
-            let id = next_random(&mut rng);
+            let id = crate::random::next(&mut rng);
             if id != 0 {
                 break id;
             }
@@ -286,7 +284,7 @@ impl Client {
                 addresses.push(*a);
             }
         }
-        let current = (next_random(&mut rng) % addresses.len() as u64) as usize;
+        let current = (crate::random::next(&mut rng) % addresses.len() as u64) as usize;
         Ok(Client {
             cfg,
             id,
@@ -527,8 +525,8 @@ impl Client {
             };
             if pause && attempts < self.cfg.max_attempts {
                 let left = self.cfg.max_total.saturating_sub(start.elapsed());
-                let jittered =
-                    backoff.mul_f64(0.5 + (next_random(&mut self.rng) % 1000) as f64 / 2000.0);
+                let jittered = backoff
+                    .mul_f64(0.5 + (crate::random::next(&mut self.rng) % 1000) as f64 / 2000.0);
                 std::thread::sleep(jittered.min(left));
                 backoff = (backoff * 2).min(self.cfg.backoff_max);
             }
@@ -581,28 +579,6 @@ fn done(seq: Seq, outcome: KvOutcome) -> Result<Option<Bytes>, ClientError> {
 
 fn unexpected(reply: &Reply) -> ClientError {
     ClientError::Unexpected(format!("{reply:?}"))
-}
-
-/// 64 random bits from the standard library's per-process random keys (seeded by the
-/// operating system), mixed with the time, the process id and a counter.
-fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        h.write_u128(t.as_nanos());
-    }
-    h.finish()
-}
-
-/// splitmix64.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
