@@ -482,9 +482,7 @@ impl DiskStorage {
         snapshot: Option<&Snapshot>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
-        if self.poisoned {
-            return Err(StorageError::Poisoned);
-        }
+        self.usable()?;
         let mark = match snapshot {
             Some(s) => {
                 self.check_not_stale(s)?;
@@ -528,40 +526,27 @@ impl DiskStorage {
             stored,
             hard,
         );
-        if result.is_err() {
-            self.poisoned = true;
-        }
-        result
+        self.poison_on_error(result)
     }
 
     /// Makes everything written since the last sync durable with one `fdatasync`, then
     /// deletes what that made obsolete (older snapshot files, segments the snapshot covers).
     pub fn sync(&mut self) -> Result<(), StorageError> {
-        if self.poisoned {
-            return Err(StorageError::Poisoned);
-        }
+        self.usable()?;
         let result = self.sync_io();
-        if result.is_err() {
-            self.poisoned = true;
-        }
-        result
+        self.poison_on_error(result)
     }
 
     /// Records a snapshot the application made locally, durably: stored entries up to its
     /// index may be dropped (whole segments are deleted once fully covered), the suffix
     /// stays. Syncs, so everything written before is durable too.
     pub fn compact(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        if self.poisoned {
-            return Err(StorageError::Poisoned);
-        }
+        self.usable()?;
         self.check_not_stale(snapshot)?;
         let result = snapshot::write(&self.dir, self.cluster_id, self.node.0, snapshot)
-            .and_then(|_| self.compact_written(snapshot))
+            .and_then(|_| self.mark_local_snapshot(snapshot))
             .and_then(|()| self.sync_io());
-        if result.is_err() {
-            self.poisoned = true;
-        }
-        result
+        self.poison_on_error(result)
     }
 
     /// Records a local snapshot whose file is already durable in the data directory
@@ -570,20 +555,38 @@ impl DiskStorage {
     /// sync. If a newer snapshot was stored meanwhile (installed from the leader), the file
     /// is only removed.
     pub fn compact_written(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        if self.poisoned {
-            return Err(StorageError::Poisoned);
-        }
+        self.usable()?;
         if self.check_not_stale(snapshot).is_err() {
             let name = snapshot::file_name(snapshot.meta.index, snapshot.meta.term);
             self.stale_snapshots.push(self.dir.join(name));
             return Ok(());
         }
+        let result = self.mark_local_snapshot(snapshot);
+        self.poison_on_error(result)
+    }
+
+    /// Writes the marker of a local snapshot whose file exists: entries up to its index
+    /// may go, the suffix stays.
+    fn mark_local_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let mark = SnapMark {
             index: snapshot.meta.index,
             term: snapshot.meta.term,
             keep_suffix: true,
         };
-        let result = self.write_batch(None, Some(mark), None, &[], None);
+        self.write_batch(None, Some(mark), None, &[], None)
+    }
+
+    /// Refuses to go on after a failed write or sync: what reached the disk is unknown
+    /// then, and only reopening (recovery) can say.
+    fn usable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Passes `result` on, poisoning the store if it is a failure of the disk.
+    fn poison_on_error<T>(&mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
         if result.is_err() {
             self.poisoned = true;
         }
