@@ -3,8 +3,9 @@
 //! beside it): a loopback TCP round trip, as a client's request and answer make, and one
 //! `fdatasync` of a small append in the directory the nodes write to; and, for each client
 //! count of the matrix, the request rate that many clients (with as many requests in flight
-//! each as the matrix's clients keep) reach against a server that does nothing but answer (the ceiling a replicated write cannot pass on this
-//! machine, since every put pays the same socket calls and wake-ups before any Raft work).
+//! each as the matrix's clients keep) reach against a server that does nothing but answer
+//! (the ceiling a replicated write cannot pass on this machine, since every put pays the
+//! same socket calls and wake-ups before any Raft work).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -69,12 +70,13 @@ impl Baseline {
     pub fn ceiling_line(&self) -> String {
         self.echo_ceiling
             .iter()
-            .map(|c| match c.in_flight {
-                1 => format!("{} clients {:.0} req/s", c.clients, c.requests_per_s),
-                d => format!(
-                    "{} clients × {d} in flight {:.0} req/s",
-                    c.clients, c.requests_per_s
-                ),
+            .map(|c| {
+                format!(
+                    "{} clients{} {:.0} req/s",
+                    c.clients,
+                    in_flight(c.in_flight),
+                    c.requests_per_s
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -94,6 +96,15 @@ impl Baseline {
                 .map(|c| echo_ceiling(c, in_flight, CEILING_RUN))
                 .collect::<anyhow::Result<_>>()?,
         })
+    }
+}
+
+/// How a client count's depth reads after it: nothing for one request at a time,
+/// ` × d in flight` for pipelined clients.
+pub fn in_flight(depth: u32) -> String {
+    match depth {
+        1 => String::new(),
+        d => format!(" × {d} in flight"),
     }
 }
 

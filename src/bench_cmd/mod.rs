@@ -117,10 +117,7 @@ fn run_local(
              {:>7.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
             i + 1,
             cells.len(),
-            match args.pipeline {
-                1 => String::new(),
-                d => format!(" × {d} in flight"),
-            },
+            baseline::in_flight(args.pipeline),
             cell.requests_per_s,
             cell.latency.p50_ns as f64 / 1e6,
             cell.latency.p99_ns as f64 / 1e6

@@ -4,6 +4,7 @@
 //! clients), requests per second for the whole run, mean time per request — plus the
 //! latency distribution.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -12,8 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use serde::Serialize;
-use std::collections::HashMap;
-
 use weft_raft::client::{Client, Connection};
 use weft_raft::service::protocol::{ClientRequest, Reply, Request};
 
