@@ -299,22 +299,11 @@ async fn read_loop(
             return None;
         };
         match decode::<ClientRequest>(&payload) {
-            Ok(ClientRequest {
-                id,
-                body: Request::Hello { cluster },
-            }) => {
-                let (body, close) = shared.hello(cluster);
-                let reply = ClientReply { id, body };
-                if close {
-                    tracing::debug!(cluster, "hello for another cluster; closing the connection");
-                    let _ = out.send(Out::Close(reply));
-                    return Some(rd);
-                }
-                let _ = out.send(Out::Reply(reply, Some(slot)));
-            }
             Ok(req) => {
                 let replier = Replier::new(req.id, &out, slot, shared);
-                dispatch(req, replier, shared)
+                if dispatch(req, replier, shared) == Then::Close {
+                    return Some(rd);
+                }
             }
             Err(e) => {
                 let id = protocol::salvage_id(&payload).unwrap_or(UNKNOWN_REQUEST);
@@ -433,6 +422,12 @@ impl Replier {
         let _ = self.out.send(Out::Reply(reply, Some(self.slot)));
     }
 
+    /// Answers with `body` as the connection's last reply.
+    fn close(self, body: Reply) {
+        let reply = ClientReply { id: self.id, body };
+        let _ = self.out.send(Out::Close(reply));
+    }
+
     /// Answers with `ok(value)`, or with what the node's failure means for the client.
     fn finish<T>(self, result: Result<T, NodeError>, ok: impl FnOnce(T) -> Reply) {
         let body = match result {
@@ -472,7 +467,17 @@ impl Replier {
     }
 }
 
-fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
+/// What the connection does after a request is dispatched.
+#[derive(PartialEq, Eq)]
+enum Then {
+    /// Reads the next request.
+    GoOn,
+    /// Closes once the last reply is written (a hello for another cluster).
+    Close,
+}
+
+/// Hands `req` to the node (or answers it here); the answer goes through `replier`.
+fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) -> Then {
     let node = &shared.node;
     match req.body {
         Request::Put {
@@ -507,8 +512,15 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
             to,
             Box::new(move |r| replier.finish(r, |()| Reply::TransferStarted)),
         ),
-        // The read loop answers hellos itself (it closes the connection on a wrong one).
-        Request::Hello { cluster } => replier.send(shared.hello(cluster).0),
+        Request::Hello { cluster } => {
+            let (body, close) = shared.hello(cluster);
+            if close {
+                tracing::debug!(cluster, "hello for another cluster; closing the connection");
+                replier.close(body);
+                return Then::Close;
+            }
+            replier.send(body);
+        }
         Request::Diagnostic => {
             let node = node.clone();
             // `status` blocks (briefly) on the node: keep it off the workers.
@@ -526,6 +538,7 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) {
             });
         }
     }
+    Then::GoOn
 }
 
 fn write(node: &NodeHandle, client: u64, seq: u64, command: KvCommand, replier: Replier) {
