@@ -1030,6 +1030,10 @@ pub(crate) enum StoreJob {
         entries: Vec<Entry>,
         messages: Vec<Message>,
         durable: Durable,
+        /// [`Ready::must_sync`]: without it the write need not be synced before the
+        /// messages go (everything handed before it was synced by an earlier batch, or
+        /// is synced by this one).
+        sync: bool,
     },
     /// Record a local snapshot (after everything handed before it).
     Compact(Snapshot),
@@ -1044,6 +1048,7 @@ impl StoreJob {
             snapshot,
             entries,
             messages,
+            must_sync,
             ..
         } = ready;
         let empty =
@@ -1054,6 +1059,7 @@ impl StoreJob {
             entries,
             messages,
             durable,
+            sync: must_sync,
         })
     }
 }
@@ -1068,7 +1074,8 @@ enum Stored {
 
 /// The storage thread: writes what the node hands it, in order, every job queued behind
 /// the previous sync with one sync (group commit), then sends the messages that had to
-/// wait for it and reports what is durable.
+/// wait for it and reports what is durable. A batch that only moves the commit index is
+/// written without a sync (see [`Ready::must_sync`]).
 fn storage_loop(
     mut store: Box<dyn LogStore>,
     transport: &dyn Transport,
@@ -1097,6 +1104,7 @@ fn storage_loop(
         };
         let mut messages = Vec::new();
         let mut durable = Durable::default();
+        let mut sync = false;
         let waiting = jobs
             .try_iter()
             .take(STORE_QUEUE)
@@ -1111,10 +1119,12 @@ fn storage_loop(
                     entries,
                     messages: m,
                     durable: d,
+                    sync: s,
                 }) => {
                     store.write(hard_state, snapshot.as_ref(), &entries)?;
                     messages.extend(m);
                     durable.merge(d);
+                    sync |= s;
                     Ok(())
                 }
                 Work::Job(StoreJob::Compact(snap)) => match &writer {
@@ -1133,10 +1143,11 @@ fn storage_loop(
                 },
                 Work::Written(w) => {
                     writing -= 1;
+                    sync = true;
                     store.compact_written(&w?)
                 }
             })
-            .and_then(|()| store.sync());
+            .and_then(|()| if sync { store.sync() } else { Ok(()) });
         if let Err(e) = result {
             let _ = stored.send(Stored::Failed(e));
             return;

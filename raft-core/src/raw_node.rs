@@ -54,6 +54,12 @@ pub struct Ready {
     pub snapshot: Option<Snapshot>,
     /// Entries to append to stable storage (they may replace a suffix of the stored log).
     pub entries: Vec<Entry>,
+    /// Whether persisting this Ready needs an fsync: it carries entries, a snapshot, or a
+    /// new term or vote (etcd's `MustSync`). A hard state whose only change is the commit
+    /// index may be written without one: a restarted node recomputes its commit index
+    /// from the leader, so losing it costs nothing, while syncing it costs every write a
+    /// second fsync on every node.
+    pub must_sync: bool,
     /// Messages that may be sent before the above is durable (the leader's appends,
     /// heartbeats, snapshot chunks and TimeoutNow; a follower's heartbeat answers).
     pub early_messages: Vec<Message>,
@@ -310,11 +316,17 @@ impl RawNode {
                             | crate::Body::TimeoutNow
                     )
             });
+        let snapshot = self.raft.pending_snapshot.take();
+        let entries = self.raft.log.unstable();
+        let must_sync = snapshot.is_some()
+            || !entries.is_empty()
+            || (hard.term, hard.vote) != (self.last_hard.term, self.last_hard.vote);
         Ready {
             soft_state: (soft != self.last_soft).then_some(soft),
             hard_state: (hard != self.last_hard).then_some(hard),
-            snapshot: self.raft.pending_snapshot.take(),
-            entries: self.raft.log.unstable(),
+            snapshot,
+            entries,
+            must_sync,
             early_messages: early,
             messages: late,
             committed: self.raft.log.to_apply(),

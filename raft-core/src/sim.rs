@@ -264,6 +264,9 @@ struct SimNode {
     read_states: Vec<ReadState>,
     /// Work handed to the simulated storage thread, oldest first (`async_persist`).
     writing: VecDeque<StoreJob>,
+    /// A hard state written by a batch that needed no sync ([`crate::Ready::must_sync`]):
+    /// durable with the next synced batch, lost in a crash before it.
+    unsynced: Option<HardState>,
     /// The highest term the node has put in a message (pre-votes aside): it must never
     /// come back from a crash with less. (With `async_persist` a term heard but never
     /// written, and so never revealed, may be lost in a crash; that is allowed.)
@@ -341,6 +344,7 @@ impl Sim {
                 last_commit: 0,
                 read_states: Vec::new(),
                 writing: VecDeque::new(),
+                unsynced: None,
                 revealed_term: 0,
             });
         }
@@ -720,7 +724,15 @@ impl Sim {
         }
         let count = self.rng.gen_range(1..=self.nodes[i].writing.len());
         let jobs: Vec<StoreJob> = self.nodes[i].writing.drain(..count).collect();
-        let mut reports = Vec::new();
+        let synced = jobs.iter().any(|j| match j {
+            StoreJob::Persist { sync, .. } => *sync,
+            StoreJob::Compact(_) => true,
+        });
+        let node = &mut self.nodes[i];
+        if synced {
+            node.disk.persist(node.unsynced.take(), None, &[]);
+        }
+        let (mut reports, mut bad) = (Vec::new(), None);
         for job in jobs {
             match job {
                 StoreJob::Persist {
@@ -729,14 +741,35 @@ impl Sim {
                     entries,
                     messages,
                     durable,
-                } => {
-                    self.nodes[i]
-                        .disk
-                        .persist(hard_state, snapshot.as_ref(), &entries);
+                    sync: _,
+                } if synced => {
+                    node.disk.persist(hard_state, snapshot.as_ref(), &entries);
                     reports.push((messages, durable));
                 }
-                StoreJob::Compact(snap) => self.nodes[i].disk.compact(&snap),
+                StoreJob::Persist {
+                    hard_state,
+                    messages,
+                    durable,
+                    ..
+                } => {
+                    // Written, not synced: only a commit index may move this way.
+                    let base = node.unsynced.unwrap_or(node.disk.hard);
+                    if let Some(h) = hard_state {
+                        if (h.term, h.vote) != (base.term, base.vote) {
+                            bad = Some(format!(
+                                "node {id}: a write without a sync moves term/vote from {base:?} to {h:?}"
+                            ));
+                            break;
+                        }
+                        node.unsynced = Some(h);
+                    }
+                    reports.push((messages, durable));
+                }
+                StoreJob::Compact(snap) => node.disk.compact(&snap),
             }
+        }
+        if let Some(what) = bad {
+            self.fail(what);
         }
         for (messages, durable) in reports {
             self.send_all(id, &messages);
@@ -835,6 +868,7 @@ impl Sim {
         n.raw = None;
         n.read_states.clear();
         n.writing.clear(); // never written: lost with the process
+        n.unsynced = None;
         n.down_until = u64::MAX;
     }
 
