@@ -154,3 +154,26 @@ fn full_stack_over_loopback_udp() {
         "nothing hostile was delivered"
     );
 }
+
+/// The layer stack runs on the UDP receive thread (it diverts the backend to itself); the
+/// backend belongs to the stack, so a reference cycle would keep the thread and its socket
+/// alive after the transport is dropped. The port must be free again at once.
+#[test]
+fn dropping_a_layered_udp_transport_frees_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cluster(&dir);
+    let addr = cfg.nodes[0].addr;
+    let (t1, t2) = (
+        open(&cfg.transport_for(NodeId(1)).unwrap()).unwrap(),
+        open(&cfg.transport_for(NodeId(2)).unwrap()).unwrap(),
+    );
+    for seq in 0..20 {
+        send_retrying(&*t2, NodeId(1), msg(2, seq));
+    }
+    for seq in 0..20 {
+        let d = t1.inbox().recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(d.bytes, msg(2, seq));
+    }
+    drop(t1);
+    UdpSocket::bind(addr).expect("the dropped transport's port is free");
+}

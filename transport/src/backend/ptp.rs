@@ -29,9 +29,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
-use crate::backend::udp;
+use crate::backend::{udp, Inlet};
 use crate::clock::{Clock, PhcClock, SystemClock};
 use crate::deadline::{
     AdaptiveDelta, Arrival, ClockMonitor, DeadlineReceiver, DeadlineSender, Exchange, Stamp,
@@ -40,8 +40,8 @@ use crate::frame::{self, FrameHeader, HEADER_LEN};
 use crate::rx_timestamp::{self, Source};
 use crate::soft_clock::{PtpSync, SoftwareClock, SyncSettings};
 use crate::{
-    Capabilities, ClockOffset, Counters, Delivery, NodeId, OpenError, PtpConfig, Stats, Transport,
-    TransportConfig, TransportError,
+    Capabilities, ClockOffset, Counters, Delivery, NodeId, OpenError, PtpConfig, Sink, Stats,
+    Transport, TransportConfig, TransportError,
 };
 
 /// Bytes the backend adds to each message inside the frame: kind, deadline, send time,
@@ -85,6 +85,7 @@ pub struct PtpTransport {
     ordered_caps: Capabilities,
     unordered_caps: Capabilities,
     inbox: Receiver<Delivery>,
+    inlet: Inlet,
     rx_thread: Option<JoinHandle<()>>,
 }
 
@@ -172,11 +173,12 @@ impl PtpTransport {
         });
         let mut members: Vec<NodeId> = cfg.nodes.iter().map(|n| n.id).collect();
         members.sort();
-        let (tx, inbox) = crossbeam_channel::unbounded();
+        let (inlet, inbox) = Inlet::new();
         let rx = RxLoop {
             shared: shared.clone(),
             members,
-            tx,
+            inlet: inlet.clone(),
+            released: Vec::new(),
             receiver: DeadlineReceiver::new(epsilon),
             sync_every: Duration::from_millis(ptp.sync_interval_ms),
             stamps,
@@ -202,6 +204,7 @@ impl PtpTransport {
             unordered_caps,
             shared,
             inbox,
+            inlet,
             rx_thread: Some(rx_thread),
         })
     }
@@ -313,6 +316,10 @@ impl Transport for PtpTransport {
         self.shared.counters.snapshot()
     }
 
+    fn divert(&self, sink: Option<Sink>) -> bool {
+        self.inlet.divert(sink)
+    }
+
     /// Every peer a time transfer completed with.
     fn clock_offsets(&self) -> Vec<ClockOffset> {
         let monitor = lock(&self.shared.monitor);
@@ -345,7 +352,9 @@ struct RxLoop {
     shared: Arc<Shared>,
     /// Every member, the local one included (it may send to itself), ascending.
     members: Vec<NodeId>,
-    tx: Sender<Delivery>,
+    inlet: Inlet,
+    /// Messages released in this pass, handed on together at its end.
+    released: Vec<Delivery>,
     receiver: DeadlineReceiver<Bytes>,
     sync_every: Duration,
     stamps: Option<Source>,
@@ -392,9 +401,7 @@ impl RxLoop {
                             (Some((ns, got)), Some(want)) if got == want => ns,
                             _ => self.shared.clock.now_ns(),
                         };
-                        if !self.handle(&buf[..r.len], r.from, arrival) {
-                            return;
-                        }
+                        self.handle(&buf[..r.len], r.from, arrival);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -405,9 +412,10 @@ impl RxLoop {
                 }
             }
             for (stamp, msg) in self.receiver.release(now) {
-                if !self.deliver(stamp.sender, msg) {
-                    return;
-                }
+                self.deliver(stamp.sender, msg);
+            }
+            if !self.inlet.put(&mut self.released) {
+                return;
             }
             if Instant::now() >= next_sync {
                 next_sync = Instant::now() + self.sync_every;
@@ -430,20 +438,17 @@ impl RxLoop {
         }
     }
 
-    fn deliver(&self, from: NodeId, bytes: Bytes) -> bool {
+    fn deliver(&mut self, from: NodeId, bytes: Bytes) {
         Counters::bump(&self.shared.counters.delivered);
-        self.tx
-            .send(Delivery {
-                from,
-                epoch: 0,
-                bytes,
-            })
-            .is_ok()
+        self.released.push(Delivery {
+            from,
+            epoch: 0,
+            bytes,
+        });
     }
 
-    /// Handles one datagram that arrived at `arrival` (local clock). Returns `false` once
-    /// the inbox is gone.
-    fn handle(&mut self, datagram: &[u8], from_addr: SocketAddr, arrival: i64) -> bool {
+    /// Handles one datagram that arrived at `arrival` (local clock).
+    fn handle(&mut self, datagram: &[u8], from_addr: SocketAddr, arrival: i64) {
         let s = &self.shared;
         let Some((from, payload)) = udp::accept(
             s.cluster,
@@ -453,17 +458,17 @@ impl RxLoop {
             datagram,
             from_addr,
         ) else {
-            return true;
+            return;
         };
         let Some((&kind, mut rest)) = payload.split_first() else {
             Counters::bump(&s.counters.rejected_malformed);
-            return true;
+            return;
         };
         match kind {
             DATA => {
                 let Some([deadline_ns, sent_ns, seq]) = take_three(&mut rest) else {
                     Counters::bump(&s.counters.rejected_malformed);
-                    return true;
+                    return;
                 };
                 let stamp = Stamp {
                     deadline_ns,
@@ -486,7 +491,7 @@ impl RxLoop {
                     return self.deliver(from, msg);
                 }
                 match self.receiver.arrive(stamp, msg, arrival) {
-                    Arrival::Held => true,
+                    Arrival::Held => {}
                     Arrival::Late(stamp, msg) => {
                         Counters::bump(&s.counters.late_deliveries);
                         tracing::trace!(
@@ -501,16 +506,15 @@ impl RxLoop {
             SYNC_REQUEST => {
                 let Some(t1) = take_i64(&mut rest) else {
                     Counters::bump(&s.counters.rejected_malformed);
-                    return true;
+                    return;
                 };
                 let fields = [t1, arrival, s.clock.now_ns()];
                 let _ = s.send_frame(&[from], SYNC_REPLY, &fields, &[]);
-                true
             }
             SYNC_REPLY => {
                 let Some([t1, t2, t3]) = take_three(&mut rest) else {
                     Counters::bump(&s.counters.rejected_malformed);
-                    return true;
+                    return;
                 };
                 let x = Exchange {
                     t1,
@@ -527,7 +531,6 @@ impl RxLoop {
                 if s.ordered.swap(ok, Ordering::AcqRel) != ok && ok {
                     tracing::info!(peer = %from, "every peer's clock within epsilon: total_order restored");
                 }
-                true
             }
             PTP_PACKET => {
                 let sync = lock(&s.sync).clone();
@@ -535,11 +538,9 @@ impl RxLoop {
                     Some(sync) => sync.receive(rest.to_vec(), arrival),
                     None => Counters::bump(&s.counters.rejected_malformed),
                 }
-                true
             }
             _ => {
                 Counters::bump(&s.counters.rejected_malformed);
-                true
             }
         }
     }

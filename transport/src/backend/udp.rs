@@ -22,12 +22,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
+use crate::backend::Inlet;
 use crate::frame::{self, FrameHeader, HEADER_LEN};
 use crate::{
-    Capabilities, Counters, DecodeError, Delivery, NodeId, OpenError, Stats, Transport,
-    TransportConfig, TransportError, UdpConfig,
+    rx_timestamp, Capabilities, Counters, DecodeError, Delivery, NodeId, OpenError, Sink, Stats,
+    Transport, TransportConfig, TransportError, UdpConfig,
 };
 
 /// Largest UDP payload over IPv4 (65535 − 8 UDP − 20 IP header bytes).
@@ -40,6 +41,10 @@ const RX_POLL: Duration = Duration::from_millis(50);
 /// Size of the receive buffer: any UDP datagram fits, so none is silently truncated even
 /// when a peer is configured with a larger `max_datagram` than ours.
 const RX_BUFFER: usize = 64 * 1024;
+
+/// Datagrams read per batch at most: what arrived while the thread was busy is handed on
+/// together (a diverted layer stack then acknowledges it with one ack per peer).
+const RX_BATCH: usize = 256;
 
 thread_local! {
     /// Per-thread scratch buffer for framing unicast sends, so the hot path does not
@@ -71,7 +76,7 @@ pub(crate) fn bind(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, OpenErr
 ///
 /// Sends go straight to the socket from the caller's thread; a dedicated receive thread
 /// (`weft-udp-rx-<id>`) validates incoming datagrams and pushes good ones into an unbounded
-/// inbox. Dropping the transport stops and joins that thread and closes the socket.
+/// inbox, or hands them to a diverted sink ([`Transport::divert`]). Dropping the transport stops and joins that thread and closes the socket.
 pub struct UdpTransport {
     local: NodeId,
     cluster: u64,
@@ -83,6 +88,7 @@ pub struct UdpTransport {
     caps: Capabilities,
     counters: Arc<Counters>,
     inbox: Receiver<Delivery>,
+    inlet: Inlet,
     shutdown: Arc<AtomicBool>,
     rx_thread: Option<JoinHandle<()>>,
 }
@@ -135,7 +141,7 @@ impl UdpTransport {
         let rx_socket = socket.try_clone()?;
         rx_socket.set_read_timeout(Some(RX_POLL))?;
 
-        let (tx, inbox) = crossbeam_channel::unbounded();
+        let (inlet, inbox) = Inlet::new();
         let shutdown = Arc::new(AtomicBool::new(false));
         let receiver = RxLoop {
             socket: rx_socket,
@@ -143,7 +149,7 @@ impl UdpTransport {
             cluster: cfg.cluster_id,
             peers: peers.clone(),
             counters: Arc::clone(&counters),
-            tx,
+            inlet: inlet.clone(),
             shutdown: Arc::clone(&shutdown),
         };
         let rx_thread = std::thread::Builder::new()
@@ -171,6 +177,7 @@ impl UdpTransport {
             caps,
             counters,
             inbox,
+            inlet,
             shutdown,
             rx_thread: Some(rx_thread),
         })
@@ -251,6 +258,10 @@ impl Transport for UdpTransport {
     fn stats(&self) -> Stats {
         self.counters.snapshot()
     }
+
+    fn divert(&self, sink: Option<Sink>) -> bool {
+        self.inlet.divert(sink)
+    }
 }
 
 impl Drop for UdpTransport {
@@ -285,18 +296,26 @@ struct RxLoop {
     /// Other members, ascending (for binary search).
     peers: Vec<NodeId>,
     counters: Arc<Counters>,
-    tx: Sender<Delivery>,
+    inlet: Inlet,
     shutdown: Arc<AtomicBool>,
 }
 
 impl RxLoop {
     fn run(self) {
         let mut buf = vec![0u8; RX_BUFFER];
+        let mut batch = Vec::new();
         while !self.shutdown.load(Ordering::Relaxed) {
             match self.socket.recv_from(&mut buf) {
                 Ok((len, from_addr)) => {
-                    let datagram = buf.get(..len).unwrap_or(&buf);
-                    if !self.handle(datagram, from_addr) {
+                    self.accept_into(buf.get(..len).unwrap_or(&buf), from_addr, &mut batch);
+                    // What else arrived meanwhile goes with it, without blocking.
+                    for _ in 1..RX_BATCH {
+                        let Ok(r) = rx_timestamp::try_recv_from(&self.socket, &mut buf) else {
+                            break;
+                        };
+                        self.accept_into(buf.get(..r.len).unwrap_or(&buf), r.from, &mut batch);
+                    }
+                    if !self.inlet.put(&mut batch) {
                         return;
                     }
                 }
@@ -317,8 +336,8 @@ impl RxLoop {
         }
     }
 
-    /// Validates one datagram and delivers it. Returns `false` once the inbox is gone.
-    fn handle(&self, datagram: &[u8], from_addr: SocketAddr) -> bool {
+    /// Validates one datagram and adds it to `batch` if it is good.
+    fn accept_into(&self, datagram: &[u8], from_addr: SocketAddr, batch: &mut Vec<Delivery>) {
         let Some((from, payload)) = accept(
             self.cluster,
             self.local,
@@ -327,16 +346,15 @@ impl RxLoop {
             datagram,
             from_addr,
         ) else {
-            return true;
-        };
-        let delivery = Delivery {
-            from,
-            epoch: 0,
-            bytes: Bytes::copy_from_slice(payload),
+            return;
         };
         // Counted before the hand-off so that whoever receives it sees the count.
         Counters::bump(&self.counters.delivered);
-        self.tx.send(delivery).is_ok()
+        batch.push(Delivery {
+            from,
+            epoch: 0,
+            bytes: Bytes::copy_from_slice(payload),
+        });
     }
 }
 
@@ -442,6 +460,34 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// A diverted endpoint hands what arrives to the sink on its receive thread, never to
+    /// the inbox; undiverted, the inbox gets it again.
+    #[test]
+    fn a_diverted_receive_thread_feeds_the_sink_until_undiverted() {
+        let ts = open_all(&[1, 2]);
+        let (n1, n2) = (&ts[0], &ts[1]);
+        let (tx, sunk) = crossbeam_channel::unbounded();
+        let on_rx_thread = std::thread::current().id();
+        assert!(n2.divert(Some(Box::new(move |batch: &mut Vec<Delivery>| {
+            assert_ne!(std::thread::current().id(), on_rx_thread);
+            for d in batch.drain(..) {
+                let _ = tx.send(d);
+            }
+        }))));
+        for i in 0..50u8 {
+            n1.send(NodeId(2), Bytes::from(vec![i])).unwrap();
+        }
+        let got: Vec<u8> = (0..50)
+            .map(|_| sunk.recv_timeout(WAIT).expect("sunk delivery").bytes[0])
+            .collect();
+        assert_eq!(got, (0..50).collect::<Vec<u8>>());
+        assert!(n2.inbox().try_recv().is_err(), "nothing went to the inbox");
+        assert!(n2.divert(None));
+        n1.send(NodeId(2), Bytes::from_static(b"after")).unwrap();
+        assert_eq!(recv(n2).bytes, "after".as_bytes());
+        assert!(sunk.try_recv().is_err());
     }
 
     #[test]

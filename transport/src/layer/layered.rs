@@ -1,8 +1,11 @@
 //! [`LayeredTransport`]: a [`Stack`] run over a backend, as a [`Transport`].
 //!
 //! Senders lock the stack only to compute frames and hand them to the backend outside the
-//! lock. One pump thread feeds received frames through the stack in batches (one coalesced
-//! ack per peer per batch) and ticks it for retransmissions.
+//! lock. Received frames go through the stack in batches (one coalesced ack per peer per
+//! batch) on the backend's own receive thread where the backend can divert to it
+//! ([`Transport::divert`]: one thread hand-off less per message), otherwise on a pump thread
+//! that takes them from the backend's inbox. The pump also ticks the stack for
+//! retransmissions.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +66,34 @@ impl Shared {
         // The receiver may be gone while the endpoint shuts down; nothing to do then.
         let _ = self.deliver.send(d);
     }
+
+    /// Runs received frames up the stack, ticks it if `tick`, flushes it (acks for the
+    /// batch), then hands over what it delivered and puts its frames on the fabric.
+    fn receive(&self, frames: impl Iterator<Item = Delivery>, tick: bool) {
+        let mut out = Output::default();
+        let mut delivered = Vec::new();
+        {
+            let mut stack = self.stack();
+            let now = Instant::now();
+            for d in frames {
+                stack.receive(d.from, d.bytes, now, &mut out);
+                // Deliveries keep the epoch of the frame that completed them.
+                delivered.extend(out.deliver.drain(..).map(|(from, bytes)| Delivery {
+                    from,
+                    epoch: d.epoch,
+                    bytes,
+                }));
+            }
+            if tick {
+                stack.tick(now, &mut out);
+            }
+            stack.flush(now, &mut out);
+        }
+        for d in delivered {
+            self.hand_over(d);
+        }
+        let _ = self.emit(out, 0);
+    }
 }
 
 /// A backend with software layers on top; see the [module docs](super).
@@ -103,6 +134,13 @@ impl LayeredTransport {
             deliver: tx,
             stop: AtomicBool::new(false),
         });
+        // The sink holds the stack weakly: the backend it is given to belongs to the stack.
+        let weak = Arc::downgrade(&shared);
+        shared.backend.divert(Some(Box::new(move |batch| {
+            if let Some(shared) = weak.upgrade() {
+                shared.receive(batch.drain(..), false);
+            }
+        })));
         let pump_shared = Arc::clone(&shared);
         let pump = std::thread::Builder::new()
             .name(format!("weft-stack-{local}"))
@@ -134,6 +172,8 @@ impl LayeredTransport {
     }
 }
 
+/// Ticks the stack and runs what the backend's inbox holds (everything, for a backend that
+/// does not divert; what arrived before the divert, for one that does).
 fn pump(shared: &Shared) {
     let tick_every = shared.stack().tick_interval();
     let mut next_tick = Instant::now() + tick_every;
@@ -145,36 +185,21 @@ fn pump(shared: &Shared) {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut out = Output::default();
-        let mut delivered = Vec::new();
-        {
-            let mut stack = shared.stack();
-            let now = Instant::now();
-            for d in first.into_iter().chain(inbox.try_iter().take(BATCH)) {
-                stack.receive(d.from, d.bytes, now, &mut out);
-                // Deliveries keep the epoch of the frame that completed them.
-                delivered.extend(out.deliver.drain(..).map(|(from, bytes)| Delivery {
-                    from,
-                    epoch: d.epoch,
-                    bytes,
-                }));
-            }
-            if now >= next_tick {
-                stack.tick(now, &mut out);
-                next_tick = now + tick_every;
-            }
-            stack.flush(now, &mut out);
+        let now = Instant::now();
+        let tick = now >= next_tick;
+        if tick {
+            next_tick = now + tick_every;
         }
-        for d in delivered {
-            shared.hand_over(d);
-        }
-        let _ = shared.emit(out, 0);
+        shared.receive(first.into_iter().chain(inbox.try_iter().take(BATCH)), tick);
     }
 }
 
 impl Drop for LayeredTransport {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        // Once this returns the receive thread holds no strong reference to `shared`, so
+        // the backend is dropped (and its thread joined) here, not on that thread.
+        self.shared.backend.divert(None);
         if let Some(pump) = self.pump.take() {
             let _ = pump.join();
         }
