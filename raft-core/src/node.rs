@@ -360,11 +360,12 @@ impl Node {
         let transport: Arc<dyn Transport> = Arc::from(transport);
         let (jobs, job_rx) = bounded(STORE_QUEUE);
         let (stored_tx, stored) = unbounded();
+        let store = Arc::new(Mutex::new(store));
         let storage = {
-            let transport = Arc::clone(&transport);
+            let (transport, store) = (Arc::clone(&transport), Arc::clone(&store));
             std::thread::Builder::new()
                 .name(format!("weft-store-{}", raw.id()))
-                .spawn(move || storage_loop(store, &*transport, &job_rx, &stored_tx))
+                .spawn(move || storage_loop(&store, &*transport, &job_rx, &stored_tx))
                 .map_err(|e| NodeError::Refused(format!("cannot start the storage thread: {e}")))?
         };
         let mut runtime = Runtime {
@@ -372,6 +373,9 @@ impl Node {
             kv,
             jobs: Some(jobs),
             backlog: std::collections::VecDeque::new(),
+            store,
+            handed: 0,
+            done: 0,
             stored,
             storage: Some(storage),
             transport,
@@ -481,6 +485,12 @@ struct Runtime {
     jobs: Option<Sender<StoreJob>>,
     /// Jobs its full queue could not take yet, in order (see `hand_to_storage`).
     backlog: std::collections::VecDeque<StoreJob>,
+    /// The log store, shared with the storage thread: a follower writes on this thread
+    /// while the storage thread is idle (see `persist_here`).
+    store: Arc<Mutex<Box<dyn LogStore>>>,
+    /// Jobs given to the storage thread (backlog included), and how many it reported done.
+    handed: u64,
+    done: u64,
     /// What the storage thread made durable (or why it failed), in order.
     stored: Receiver<Stored>,
     storage: Option<JoinHandle<()>>,
@@ -629,11 +639,45 @@ impl Runtime {
     /// The storage thread's report: entries and hard state now durable.
     fn on_stored(&mut self, s: Stored) -> Result<(), String> {
         match s {
-            Stored::Durable(d) => {
+            Stored::Durable(d, done) => {
                 self.raw.on_persisted(&d);
+                self.done = done;
                 Ok(())
             }
             Stored::Failed(e) => Err(e),
+        }
+    }
+
+    /// Persists `job` on this thread and sends its messages, if this node follows and the
+    /// storage thread has nothing queued (so the order of writes stays the order of
+    /// Readies); otherwise hands it over. Why: a follower has nothing to do meanwhile that
+    /// cannot wait one fsync (its heartbeat answers went out already), and an
+    /// acknowledgement sent from here saves the hand-off to the storage thread and back,
+    /// a thread wake-up on every write's path. A leader keeps the storage thread, so that
+    /// it goes on sending appends and counting acknowledgements during its own fsync.
+    fn persist(&mut self, job: StoreJob) -> Result<(), String> {
+        let idle = self.handed == self.done && self.backlog.is_empty();
+        match job {
+            StoreJob::Persist {
+                hard_state,
+                snapshot,
+                entries,
+                messages,
+                durable,
+                sync,
+            } if idle && self.raw.role() == Role::Follower => {
+                {
+                    let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                    store.write(hard_state, snapshot.as_ref(), &entries)?;
+                    if sync {
+                        store.sync()?;
+                    }
+                }
+                send_messages(&*self.transport, &messages);
+                self.raw.on_persisted(&durable);
+                Ok(())
+            }
+            job => self.hand_to_storage(job),
         }
     }
 
@@ -643,6 +687,7 @@ impl Runtime {
     /// overloaded leader would lose its followers instead of slowing its clients.
     fn hand_to_storage(&mut self, job: StoreJob) -> Result<(), String> {
         self.backlog.push_back(job);
+        self.handed += 1;
         self.drain_backlog()
     }
 
@@ -859,7 +904,7 @@ impl Runtime {
             }
             self.raw.advance_handed(&rd);
             if let Some(job) = StoreJob::of(rd) {
-                self.hand_to_storage(job)?;
+                self.persist(job)?;
             }
             self.maybe_snapshot();
         }
@@ -1066,8 +1111,9 @@ impl StoreJob {
 
 /// The storage thread's reports, in order.
 enum Stored {
-    /// These entries and this hard state are on stable storage.
-    Durable(Durable),
+    /// These entries and this hard state are on stable storage; so many jobs are done
+    /// since the thread started.
+    Durable(Durable, u64),
     /// Storage failed; the node must stop.
     Failed(String),
 }
@@ -1077,12 +1123,14 @@ enum Stored {
 /// wait for it and reports what is durable. A batch that only moves the commit index is
 /// written without a sync (see [`Ready::must_sync`]).
 fn storage_loop(
-    mut store: Box<dyn LogStore>,
+    store: &Mutex<Box<dyn LogStore>>,
     transport: &dyn Transport,
     jobs: &Receiver<StoreJob>,
     stored: &Sender<Stored>,
 ) {
-    let writer = store.snapshot_writer();
+    let lock = || store.lock().unwrap_or_else(|e| e.into_inner());
+    let writer = lock().snapshot_writer();
+    let mut done = 0u64;
     // Snapshot files written off this thread, waiting to be recorded.
     let (written_tx, written) = unbounded::<Result<Snapshot, String>>();
     let mut writing = 0usize;
@@ -1105,6 +1153,7 @@ fn storage_loop(
         let mut messages = Vec::new();
         let mut durable = Durable::default();
         let mut sync = false;
+        let mut store = lock();
         let waiting = jobs
             .try_iter()
             .take(STORE_QUEUE)
@@ -1121,6 +1170,7 @@ fn storage_loop(
                     durable: d,
                     sync: s,
                 }) => {
+                    done += 1;
                     store.write(hard_state, snapshot.as_ref(), &entries)?;
                     messages.extend(m);
                     durable.merge(d);
@@ -1129,17 +1179,21 @@ fn storage_loop(
                 }
                 Work::Job(StoreJob::Compact(snap)) => match &writer {
                     Some(write) => {
-                        let (write, done) = (Arc::clone(write), written_tx.clone());
+                        done += 1;
+                        let (write, finished) = (Arc::clone(write), written_tx.clone());
                         std::thread::Builder::new()
                             .name("weft-snap-file".into())
                             .spawn(move || {
-                                let _ = done.send(write(&snap).map(|()| snap));
+                                let _ = finished.send(write(&snap).map(|()| snap));
                             })
                             .map_err(|e| format!("cannot start a snapshot writer: {e}"))?;
                         writing += 1;
                         Ok(())
                     }
-                    None => store.compact(&snap),
+                    None => {
+                        done += 1;
+                        store.compact(&snap)
+                    }
                 },
                 Work::Written(w) => {
                     writing -= 1;
@@ -1148,12 +1202,13 @@ fn storage_loop(
                 }
             })
             .and_then(|()| if sync { store.sync() } else { Ok(()) });
+        drop(store);
         if let Err(e) = result {
             let _ = stored.send(Stored::Failed(e));
             return;
         }
         send_messages(transport, &messages);
-        let _ = stored.send(Stored::Durable(durable));
+        let _ = stored.send(Stored::Durable(durable, done));
     }
 }
 
