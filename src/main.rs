@@ -30,6 +30,12 @@ use crate::cli::{Cli, Command, TransportCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Kv(_) | Command::Status(_) | Command::Cluster(_) | Command::Verify(_)
+    ) {
+        end_quietly_on_a_closed_pipe();
+    }
     init_logging();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,6 +44,18 @@ fn main() -> ExitCode {
             eprintln!("error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets the kernel end the process when its output pipe closes (`weft status | head`), as
+/// other command-line tools do, instead of the panic Rust's ignored SIGPIPE leads to in
+/// `println!`. Only for commands that start nothing: a signal ends a process without
+/// unwinding, and the commands that start node processes stop them while unwinding.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread
+    // exists, has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -197,3 +197,25 @@ fn the_shipped_two_crash_protocol_holds_at_four_processes() {
     let o = weft(&["verify", "--protocol", protocol, "--rounds", "2"]);
     assert!(!o.status.success());
 }
+
+/// A client command whose reader stops early (`weft verify ... | head -1`) ends quietly,
+/// as other command-line tools do, instead of panicking on the broken pipe.
+#[test]
+fn a_closed_output_pipe_ends_a_client_command_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let protocol = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nbac-t2.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["verify", "--protocol", protocol])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft starts");
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let o = child.wait_with_output().expect("weft ends");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(o.status.signal(), Some(SIGPIPE), "{:?}", o.status);
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;
