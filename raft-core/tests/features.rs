@@ -374,25 +374,48 @@ fn leader_appends_may_go_before_the_fsync_votes_may_not() {
     );
 }
 
-/// A follower answers a heartbeat at once when its term is durable, even while entries
-/// wait for its disk (a long write queue must not look like a dead follower to the
-/// leader's check-quorum); an answer in a term it has just adopted waits for the write.
-#[test]
-fn heartbeat_answers_leave_early_unless_their_term_is_new() {
-    use weft_raft::{Body, Entry, Membership, Message, Payload, Persisted, RawNode};
-    let mut n = RawNode::new(
+/// Node 2 of a fresh 3-voter cluster, driven by hand as a follower of node 1.
+fn follower() -> weft_raft::RawNode {
+    weft_raft::RawNode::new(
         Config::new(NodeId(2)),
-        Membership::with_voters((1..=3).map(NodeId)),
-        Persisted::default(),
+        weft_raft::Membership::with_voters((1..=3).map(NodeId)),
+        weft_raft::Persisted::default(),
     )
-    .unwrap();
-    let from_leader = |term, body| Message {
+    .unwrap()
+}
+
+/// A message from leader 1 to node 2.
+fn from_leader(term: u64, body: weft_raft::Body) -> weft_raft::Message {
+    weft_raft::Message {
         from: NodeId(1),
         to: NodeId(2),
         term,
         epoch: 0,
         body,
-    };
+    }
+}
+
+/// The leader's append of a first entry (index 1, term 1) on an empty log.
+fn append_first_entry() -> weft_raft::Body {
+    weft_raft::Body::Append {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![weft_raft::Entry {
+            term: 1,
+            index: 1,
+            payload: weft_raft::Payload::Command(Bytes::from_static(b"x")),
+        }],
+        commit: 0,
+    }
+}
+
+/// A follower answers a heartbeat at once when its term is durable, even while entries
+/// wait for its disk (a long write queue must not look like a dead follower to the
+/// leader's check-quorum); an answer in a term it has just adopted waits for the write.
+#[test]
+fn heartbeat_answers_leave_early_unless_their_term_is_new() {
+    use weft_raft::Body;
+    let mut n = follower();
     let heartbeat = Body::Heartbeat {
         commit: 0,
         read_round: 7,
@@ -409,19 +432,7 @@ fn heartbeat_answers_leave_early_unless_their_term_is_new() {
     n.advance(&rd);
     // Entries handed to storage but not yet durable, then a heartbeat: its answer goes
     // early, the append's acknowledgement does not.
-    n.step(from_leader(
-        1,
-        Body::Append {
-            prev_index: 0,
-            prev_term: 0,
-            entries: vec![Entry {
-                term: 1,
-                index: 1,
-                payload: Payload::Command(bytes::Bytes::from_static(b"x")),
-            }],
-            commit: 0,
-        },
-    ));
+    n.step(from_leader(1, append_first_entry()));
     let rd = n.ready();
     n.advance_handed(&rd);
     assert!(rd
@@ -445,48 +456,26 @@ fn heartbeat_answers_leave_early_unless_their_term_is_new() {
 /// fsync on every node.
 #[test]
 fn only_a_commit_index_change_is_written_without_a_sync() {
-    use weft_raft::{Body, Entry, Membership, Message, Payload, Persisted, RawNode};
-    let mut n = RawNode::new(
-        Config::new(NodeId(2)),
-        Membership::with_voters((1..=3).map(NodeId)),
-        Persisted::default(),
-    )
-    .unwrap();
-    let from_leader = |body| Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        term: 1,
-        epoch: 0,
-        body,
-    };
-    let heartbeat = |commit| Body::Heartbeat {
+    let mut n = follower();
+    let heartbeat = |commit| weft_raft::Body::Heartbeat {
         commit,
         read_round: 0,
     };
-    n.step(from_leader(heartbeat(0)));
+    n.step(from_leader(1, heartbeat(0)));
     let rd = n.ready();
     assert!(
         rd.must_sync,
         "a new term must be durable before it is answered in"
     );
     n.advance(&rd);
-    n.step(from_leader(Body::Append {
-        prev_index: 0,
-        prev_term: 0,
-        entries: vec![Entry {
-            term: 1,
-            index: 1,
-            payload: Payload::Command(bytes::Bytes::from_static(b"x")),
-        }],
-        commit: 0,
-    }));
+    n.step(from_leader(1, append_first_entry()));
     let rd = n.ready();
     assert!(
         rd.must_sync,
         "entries must be durable before they are acknowledged"
     );
     n.advance(&rd);
-    n.step(from_leader(heartbeat(1)));
+    n.step(from_leader(1, heartbeat(1)));
     let rd = n.ready();
     assert_eq!(rd.hard_state.map(|h| h.commit), Some(1));
     assert_eq!(rd.committed.len(), 1);
