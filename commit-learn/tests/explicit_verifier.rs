@@ -3,7 +3,7 @@
 
 use commit_learn::explicit::{verify, Verdict};
 use commit_learn::model::{Encoding, Machine, ABORT, COMMIT, LOCAL_ABORT, LOCAL_COMMIT, LOST};
-use commit_learn::protocols::{floodset_nbac, paper_two_round, READY};
+use commit_learn::protocols::{floodset_nbac, paper_two_round, two_crash_nbac, READY};
 use commit_learn::spec::{Property, Spec};
 
 fn refuted(v: Verdict) -> Property {
@@ -52,6 +52,21 @@ fn two_rounds_cannot_tolerate_two_crashes() {
         matches!(p, Property::UniformAgreement | Property::Termination),
         "{p:?}"
     );
+}
+
+/// Two crashes in three rounds with two anonymous states, at sizes where the table's
+/// every input is reached; cut to two rounds, it has not committed yet when all voted
+/// commit and nobody crashed.
+#[test]
+fn two_crash_nbac_holds_in_three_rounds_and_needs_them() {
+    for n in 3..=4 {
+        let m = two_crash_nbac(n).unwrap();
+        if let Verdict::Refuted(c) = verify(&m, Spec::Nbac { t: 2 }, 3).unwrap() {
+            panic!("n={n}: {c}");
+        }
+    }
+    let p = refuted(verify(&two_crash_nbac(4).unwrap(), Spec::Nbac { t: 2 }, 2).unwrap());
+    assert_eq!(p, Property::CommitWithoutFailure);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use commit_learn::explicit;
 use commit_learn::model::Machine;
-use commit_learn::protocols::{floodset_nbac, paper_two_round};
+use commit_learn::protocols::{floodset_nbac, paper_two_round, two_crash_nbac};
 use commit_learn::smt;
 use commit_learn::spec::Spec;
 
@@ -29,6 +29,8 @@ fn agree_on_the_reference_protocols() {
     assert!(agree(&floodset_nbac(4).unwrap(), Spec::Nbac { t: 1 }, 2));
     assert!(!agree(&floodset_nbac(3).unwrap(), Spec::Nbac { t: 1 }, 1));
     assert!(!agree(&floodset_nbac(4).unwrap(), Spec::Nbac { t: 2 }, 2));
+    assert!(agree(&two_crash_nbac(3).unwrap(), Spec::Nbac { t: 2 }, 3));
+    assert!(!agree(&two_crash_nbac(3).unwrap(), Spec::Nbac { t: 2 }, 2));
 }
 
 #[test]
