@@ -486,7 +486,7 @@ struct Runtime {
     /// Jobs its full queue could not take yet, in order (see `hand_to_storage`).
     backlog: std::collections::VecDeque<StoreJob>,
     /// The log store, shared with the storage thread: a follower writes on this thread
-    /// while the storage thread is idle (see `persist_here`).
+    /// while the storage thread is idle (see `Runtime::persist`).
     store: Arc<Mutex<Box<dyn LogStore>>>,
     /// Jobs given to the storage thread (backlog included), and how many it reported done.
     handed: u64,
