@@ -658,23 +658,16 @@ impl Runtime {
     fn persist(&mut self, job: StoreJob) -> Result<(), String> {
         let idle = self.handed == self.done && self.backlog.is_empty();
         match job {
-            StoreJob::Persist {
-                hard_state,
-                snapshot,
-                entries,
-                messages,
-                durable,
-                sync,
-            } if idle && self.raw.role() == Role::Follower => {
+            StoreJob::Persist(p) if idle && self.raw.role() == Role::Follower => {
                 {
                     let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-                    store.write(hard_state, snapshot.as_ref(), &entries)?;
-                    if sync {
+                    p.write_to(&mut **store)?;
+                    if p.sync {
                         store.sync()?;
                     }
                 }
-                send_messages(&*self.transport, &messages);
-                self.raw.on_persisted(&durable);
+                send_messages(&*self.transport, &p.messages);
+                self.raw.on_persisted(&p.durable);
                 Ok(())
             }
             job => self.hand_to_storage(job),
@@ -1069,19 +1062,29 @@ const STORE_QUEUE: usize = 1024;
 /// storage thread takes the same).
 pub(crate) enum StoreJob {
     /// Make one Ready's snapshot, entries and hard state durable, then send its messages.
-    Persist {
-        hard_state: Option<HardState>,
-        snapshot: Option<Snapshot>,
-        entries: Vec<Entry>,
-        messages: Vec<Message>,
-        durable: Durable,
-        /// [`Ready::must_sync`]: without it the write need not be synced before the
-        /// messages go (everything handed before it was synced by an earlier batch, or
-        /// is synced by this one).
-        sync: bool,
-    },
+    Persist(Persist),
     /// Record a local snapshot (after everything handed before it).
     Compact(Snapshot),
+}
+
+/// The durable part and the late messages of one handed Ready.
+pub(crate) struct Persist {
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub durable: Durable,
+    /// [`Ready::must_sync`]: without it the write need not be synced before the messages
+    /// go (everything handed before it was synced by an earlier batch, or is synced by
+    /// this one).
+    pub sync: bool,
+}
+
+impl Persist {
+    /// Writes it to `store`, durable at the store's next sync.
+    fn write_to(&self, store: &mut dyn LogStore) -> Result<(), String> {
+        store.write(self.hard_state, self.snapshot.as_ref(), &self.entries)
+    }
 }
 
 impl StoreJob {
@@ -1098,14 +1101,14 @@ impl StoreJob {
         } = ready;
         let empty =
             hard_state.is_none() && snapshot.is_none() && entries.is_empty() && messages.is_empty();
-        (!empty).then_some(StoreJob::Persist {
+        (!empty).then_some(StoreJob::Persist(Persist {
             hard_state,
             snapshot,
             entries,
             messages,
             durable,
             sync: must_sync,
-        })
+        }))
     }
 }
 
@@ -1162,19 +1165,12 @@ fn storage_loop(
         let result = std::iter::once(first)
             .chain(waiting)
             .try_for_each(|work| match work {
-                Work::Job(StoreJob::Persist {
-                    hard_state,
-                    snapshot,
-                    entries,
-                    messages: m,
-                    durable: d,
-                    sync: s,
-                }) => {
+                Work::Job(StoreJob::Persist(p)) => {
                     done += 1;
-                    store.write(hard_state, snapshot.as_ref(), &entries)?;
-                    messages.extend(m);
-                    durable.merge(d);
-                    sync |= s;
+                    p.write_to(&mut **store)?;
+                    messages.extend(p.messages);
+                    durable.merge(p.durable);
+                    sync |= p.sync;
                     Ok(())
                 }
                 Work::Job(StoreJob::Compact(snap)) => match &writer {

@@ -725,7 +725,7 @@ impl Sim {
         let count = self.rng.gen_range(1..=self.nodes[i].writing.len());
         let jobs: Vec<StoreJob> = self.nodes[i].writing.drain(..count).collect();
         let synced = jobs.iter().any(|j| match j {
-            StoreJob::Persist { sync, .. } => *sync,
+            StoreJob::Persist(p) => p.sync,
             StoreJob::Compact(_) => true,
         });
         let node = &mut self.nodes[i];
@@ -735,26 +735,15 @@ impl Sim {
         let (mut reports, mut bad) = (Vec::new(), None);
         for job in jobs {
             match job {
-                StoreJob::Persist {
-                    hard_state,
-                    snapshot,
-                    entries,
-                    messages,
-                    durable,
-                    sync: _,
-                } if synced => {
-                    node.disk.persist(hard_state, snapshot.as_ref(), &entries);
-                    reports.push((messages, durable));
+                StoreJob::Persist(p) if synced => {
+                    node.disk
+                        .persist(p.hard_state, p.snapshot.as_ref(), &p.entries);
+                    reports.push((p.messages, p.durable));
                 }
-                StoreJob::Persist {
-                    hard_state,
-                    messages,
-                    durable,
-                    ..
-                } => {
+                StoreJob::Persist(p) => {
                     // Written, not synced: only a commit index may move this way.
                     let base = node.unsynced.unwrap_or(node.disk.hard);
-                    if let Some(h) = hard_state {
+                    if let Some(h) = p.hard_state {
                         if (h.term, h.vote) != (base.term, base.vote) {
                             bad = Some(format!(
                                 "node {id}: a write without a sync moves term/vote from {base:?} to {h:?}"
@@ -763,7 +752,7 @@ impl Sim {
                         }
                         node.unsynced = Some(h);
                     }
-                    reports.push((messages, durable));
+                    reports.push((p.messages, p.durable));
                 }
                 StoreJob::Compact(snap) => node.disk.compact(&snap),
             }
