@@ -16,8 +16,7 @@ fn client(config: &std::path::Path, stale: bool) -> anyhow::Result<(ClusterConfi
             config.display()
         );
     }
-    let mut cfg = ClientConfig::new(cluster.clients.values().copied());
-    cfg.cluster = Some(cluster.cluster_id);
+    let mut cfg = ClientConfig::for_cluster(&cluster);
     if stale {
         cfg.consistency = Consistency::Stale;
     }

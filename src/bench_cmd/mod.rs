@@ -156,8 +156,7 @@ fn run_remote(args: &BenchArgs, path: &std::path::Path, report: &mut Report) -> 
     );
     let servers = cluster.node_ids().len() as u32;
     let connect = || -> anyhow::Result<Client> {
-        let mut cfg = ClientConfig::new(cluster.clients.values().copied());
-        cfg.cluster = Some(cluster.cluster_id);
+        let mut cfg = ClientConfig::for_cluster(&cluster);
         cfg.max_total = CLIENT_PATIENCE;
         Ok(Client::new(cfg)?)
     };

@@ -270,8 +270,7 @@ impl Member {
         own_cfg.max_attempts = 1;
         own_cfg.request_timeout = Duration::from_secs(1);
         own_cfg.cluster = Some(cluster.cluster_id);
-        let mut kv_cfg = ClientConfig::new(cluster.clients.values().copied());
-        kv_cfg.cluster = Some(cluster.cluster_id);
+        let mut kv_cfg = ClientConfig::for_cluster(cluster);
         kv_cfg.request_timeout = Duration::from_secs(2);
         kv_cfg.max_total = Duration::from_secs(5);
         Ok(Member {

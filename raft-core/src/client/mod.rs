@@ -84,6 +84,15 @@ impl ClientConfig {
             cluster: None,
         }
     }
+
+    /// Defaults for a client of `cluster`: every member's `client` address, and the
+    /// cluster id checked by every connection's hello.
+    pub fn for_cluster(cluster: &weft_transport::ClusterConfig) -> ClientConfig {
+        ClientConfig {
+            cluster: Some(cluster.cluster_id),
+            ..ClientConfig::new(cluster.clients.values().copied())
+        }
+    }
 }
 
 /// Why a call failed.

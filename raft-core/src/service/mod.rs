@@ -195,8 +195,8 @@ struct Shared {
 }
 
 impl Shared {
-    /// The answer to a hello naming `cluster`, and whether the connection must close.
-    fn hello(&self, cluster: u64) -> (Reply, bool) {
+    /// The answer to a hello naming `cluster`, and what the connection does after it.
+    fn hello(&self, cluster: u64) -> (Reply, Then) {
         match self.cluster {
             Some(own) if own != cluster => (
                 Reply::Error {
@@ -206,13 +206,13 @@ impl Shared {
                         self.node.id()
                     ),
                 },
-                true,
+                Then::Close,
             ),
             _ => (
                 Reply::Welcome {
                     node: self.node.id(),
                 },
-                false,
+                Then::GoOn,
             ),
         }
     }
@@ -513,13 +513,15 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) -> Then 
             Box::new(move |r| replier.finish(r, |()| Reply::TransferStarted)),
         ),
         Request::Hello { cluster } => {
-            let (body, close) = shared.hello(cluster);
-            if close {
-                tracing::debug!(cluster, "hello for another cluster; closing the connection");
-                replier.close(body);
-                return Then::Close;
+            let (body, then) = shared.hello(cluster);
+            match then {
+                Then::Close => {
+                    tracing::debug!(cluster, "hello for another cluster; closing the connection");
+                    replier.close(body);
+                }
+                Then::GoOn => replier.send(body),
             }
-            replier.send(body);
+            return then;
         }
         Request::Diagnostic => {
             let node = node.clone();
