@@ -13,10 +13,13 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::stack::{Output, Stack};
-use crate::{Capabilities, Counters, Delivery, Dest, NodeId, Stats, Transport, TransportError};
+use crate::backend::inlet::Inlet;
+use crate::{
+    Capabilities, Counters, Delivery, Dest, NodeId, Sink, Stats, Transport, TransportError,
+};
 
 /// Frames taken off the backend per batch before acks are flushed.
 const BATCH: usize = 256;
@@ -24,7 +27,8 @@ const BATCH: usize = 256;
 struct Shared {
     stack: Mutex<Stack>,
     backend: Box<dyn Transport>,
-    deliver: Sender<Delivery>,
+    /// Where delivered messages go: the inbox, or the user's sink ([`Transport::divert`]).
+    deliver: Inlet,
     stop: AtomicBool,
 }
 
@@ -39,9 +43,12 @@ impl Shared {
     /// the reliable layer, where present, retransmits; without it the fabric is lossy.
     fn emit(&self, out: Output, epoch: u64) -> Result<(), TransportError> {
         let result = self.put_on_wire(out.wire);
-        for (from, bytes) in out.deliver {
-            self.hand_over(Delivery { from, epoch, bytes });
-        }
+        let mut delivered = out
+            .deliver
+            .into_iter()
+            .map(|(from, bytes)| Delivery { from, epoch, bytes })
+            .collect();
+        self.hand_over(&mut delivered);
         result
     }
 
@@ -62,13 +69,15 @@ impl Shared {
         first_err.map_or(Ok(()), Err)
     }
 
-    fn hand_over(&self, d: Delivery) {
+    fn hand_over(&self, delivered: &mut Vec<Delivery>) {
         // The receiver may be gone while the endpoint shuts down; nothing to do then.
-        let _ = self.deliver.send(d);
+        let _ = self.deliver.put(delivered);
     }
 
     /// Runs received frames up the stack, ticks it if `tick`, flushes it (acks for the
-    /// batch), then hands over what it delivered and puts its frames on the fabric.
+    /// batch), then puts its frames on the fabric and hands over what it delivered: frames
+    /// first, since a diverted user may take a while over the deliveries (a follower's
+    /// fsync) and the acks must not wait for it.
     fn receive(&self, frames: impl Iterator<Item = Delivery>, tick: bool) {
         let mut out = Output::default();
         let mut delivered = Vec::new();
@@ -89,10 +98,8 @@ impl Shared {
             }
             stack.flush(now, &mut out);
         }
-        for d in delivered {
-            self.hand_over(d);
-        }
         let _ = self.emit(out, 0);
+        self.hand_over(&mut delivered);
     }
 }
 
@@ -127,11 +134,11 @@ impl LayeredTransport {
         );
         let local = backend.local();
         let peers = backend.peers().to_vec();
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (deliver, rx) = Inlet::new();
         let shared = Arc::new(Shared {
             stack: Mutex::new(stack),
             backend,
-            deliver: tx,
+            deliver,
             stop: AtomicBool::new(false),
         });
         // The sink holds the stack weakly: the backend it is given to belongs to the stack.
@@ -243,5 +250,12 @@ impl Transport for LayeredTransport {
 
     fn clock_offsets(&self) -> Vec<crate::ClockOffset> {
         self.shared.backend.clock_offsets()
+    }
+
+    /// Runs `sink` where the stack delivers: on the backend's receive thread where the
+    /// backend diverts to the stack, on the pump thread otherwise (and, for a message the
+    /// stack delivers to its own node, on the sender's thread).
+    fn divert(&self, sink: Option<Sink>) -> bool {
+        self.shared.deliver.divert(sink)
     }
 }
