@@ -1,10 +1,12 @@
-//! The node runtime: one thread that drives a [`RawNode`] over a [`Transport`], persists
-//! through a [`LogStore`], applies to the [`KvStore`], and answers clients.
+//! The node runtime: drives a [`RawNode`] over a [`Transport`], persists through a
+//! [`LogStore`], applies to the [`KvStore`], and answers clients.
 //!
-//! Why one thread: the core is a single state machine, so a thread that owns it needs no
-//! locks on the hot path; throughput comes from batching instead. Each loop iteration
-//! drains every message and request that arrived meanwhile, then handles one `Ready` with a
-//! single `persist` call: one fsync covers every entry of the batch (group commit). The
+//! The core is a single state machine behind one lock, driven in passes by whichever
+//! thread has work for it: the transport's receive thread where a message arrived, the
+//! thread that submitted a request, the storage thread that made something durable, or the
+//! node's Raft thread (ticks, and whatever found the core busy; see `Core`). Throughput comes from batching: each pass
+//! drains every message and request that arrived meanwhile, then handles the
+//! `Ready`; one fsync covers every entry handed to storage meanwhile (group commit). The
 //! Ready contract is kept to the letter: persist, then send, then apply, then advance, so
 //! no write is acknowledged before it is durable on a majority.
 //!
@@ -12,13 +14,13 @@
 //! `Busy` at once instead of letting latency grow without bound.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendError};
-use weft_transport::Transport;
+use weft_transport::{Delivery, Transport};
 
 use crate::kv::{KvOutcome, KvRequest, KvStore};
 use crate::{
@@ -233,6 +235,10 @@ enum Request {
 pub struct NodeHandle {
     id: NodeId,
     tx: Sender<Request>,
+    /// Runs the pass that takes a request on the submitting thread (see `Core`): the
+    /// client service's thread proposes the write itself instead of waking the Raft
+    /// thread. Weak, so that handles do not keep a stopped node's runtime alive.
+    core: Weak<Core>,
 }
 
 impl NodeHandle {
@@ -243,7 +249,17 @@ impl NodeHandle {
 
     fn submit(&self, r: Request) {
         match self.tx.try_send(r) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(core) = self.core.upgrade() {
+                    // Alone in the queue: take it now. Behind others: a pass is due
+                    // anyway, and one pass for many requests batches them.
+                    if self.tx.len() <= 1 {
+                        core.pass_here();
+                    } else {
+                        core.ring();
+                    }
+                }
+            }
             Err(TrySendError::Full(r)) => fail(r, NodeError::Busy),
             Err(TrySendError::Disconnected(r)) => fail(r, NodeError::Stopped),
         }
@@ -309,7 +325,7 @@ impl NodeHandle {
     /// The node's diagnostic, or `None` if it stopped.
     pub fn status(&self) -> Option<Status> {
         let (tx, rx) = bounded(1);
-        self.tx.send(Request::Status(tx)).ok()?;
+        self.submit(Request::Status(tx));
         rx.recv_timeout(Duration::from_secs(5)).ok()
     }
 }
@@ -361,26 +377,22 @@ impl Node {
         let (jobs, job_rx) = bounded(STORE_QUEUE);
         let (stored_tx, stored) = unbounded();
         let store = Arc::new(Mutex::new(store));
-        let storage = {
-            let (transport, store) = (Arc::clone(&transport), Arc::clone(&store));
-            std::thread::Builder::new()
-                .name(format!("weft-store-{}", raw.id()))
-                .spawn(move || storage_loop(&store, &*transport, &job_rx, &stored_tx))
-                .map_err(|e| NodeError::Refused(format!("cannot start the storage thread: {e}")))?
-        };
-        let mut runtime = Runtime {
+        let (mail_tx, mail) = unbounded();
+        let (doorbell, rung) = bounded(1);
+        let runtime = Runtime {
             raw,
             kv,
             jobs: Some(jobs),
             backlog: std::collections::VecDeque::new(),
-            store,
+            store: Arc::clone(&store),
             handed: 0,
             done: 0,
             stored,
-            storage: Some(storage),
-            transport,
+            storage: None,
+            inbox: transport.inbox().clone(),
+            mail,
+            transport: Arc::clone(&transport),
             requests: rx,
-            stopped,
             writes: HashMap::new(),
             reads: HashMap::new(),
             waiting_apply: Vec::new(),
@@ -393,16 +405,42 @@ impl Node {
             bytes_since_snapshot: 0,
             snapshot: None,
             tick: cfg.tick,
+            next_tick: Instant::now() + cfg.tick,
             request_timeout: cfg.request_timeout,
             failure: Arc::clone(&shared),
+            halted: false,
         };
         let id = runtime.raw.id();
+        let core = Arc::new(Core {
+            runtime: Mutex::new(runtime),
+            doorbell,
+        });
+        let storage = {
+            let (transport, core) = (Arc::clone(&transport), Arc::downgrade(&core));
+            std::thread::Builder::new()
+                .name(format!("weft-store-{id}"))
+                .spawn(move || storage_loop(&store, &*transport, &job_rx, &stored_tx, &core))
+                .map_err(|e| NodeError::Refused(format!("cannot start the storage thread: {e}")))?
+        };
+        core.lock().storage = Some(storage);
+        // Deliveries run a pass on the thread they arrive on. The sink holds the core
+        // weakly: the transport it is given to belongs to the core.
+        let weak = Arc::downgrade(&core);
+        let sink_core = weak.clone();
+        transport.divert(Some(Box::new(move |batch| {
+            if let Some(core) = sink_core.upgrade() {
+                for d in batch.drain(..) {
+                    let _ = mail_tx.send(d);
+                }
+                core.pass_here();
+            }
+        })));
         let thread = std::thread::Builder::new()
             .name(format!("weft-node-{id}"))
-            .spawn(move || runtime.run())
+            .spawn(move || raft_thread(core, &transport, &rung, &stopped))
             .map_err(|e| NodeError::Refused(format!("cannot start the node thread: {e}")))?;
         Ok(Node {
-            handle: NodeHandle { id, tx },
+            handle: NodeHandle { id, tx, core: weak },
             stop,
             thread: Some(thread),
             shared,
@@ -494,9 +532,13 @@ struct Runtime {
     /// What the storage thread made durable (or why it failed), in order.
     stored: Receiver<Stored>,
     storage: Option<JoinHandle<()>>,
+    /// The transport's inbox: everything, where it does not divert; what came before the
+    /// divert, where it does.
+    inbox: Receiver<Delivery>,
+    /// What the transport's receive thread handed over (see [`Core::pass_here`]).
+    mail: Receiver<Delivery>,
     transport: Arc<dyn Transport>,
     requests: Receiver<Request>,
-    stopped: Receiver<()>,
     /// Writes proposed here, by log index: the term they were proposed in, when, and the
     /// answer.
     writes: HashMap<Index, (Term, Instant, Answer<KvOutcome>)>,
@@ -515,120 +557,210 @@ struct Runtime {
     /// the index it covers.
     snapshot: Option<Receiver<Serialized>>,
     tick: Duration,
+    next_tick: Instant,
     request_timeout: Duration,
     failure: Arc<Mutex<Option<String>>>,
+    /// Set once storage failed or the node stops: no pass runs any more.
+    halted: bool,
 }
 
 /// A pass of the Raft thread longer than this many ticks is logged as slow.
 const SLOW_PASS_TICKS: u32 = 3;
 
+/// The runtime, which any thread may drive: the Raft thread, the transport's receive
+/// thread that has just received a message, a client's thread that has just submitted a
+/// request, or the storage thread that has just made something durable. Why: each
+/// hand-off to the Raft thread was a thread wake-up (tens of microseconds on a busy
+/// machine) on a write's path: at the leader for the request, for the acknowledgement and
+/// for its own fsync, and at a follower for the append. Whoever
+/// holds the lock runs a whole pass (everything queued, a tick if due, the Ready); a
+/// thread that finds it held rings the Raft thread instead.
+struct Core {
+    runtime: Mutex<Runtime>,
+    /// Rung when a pass could not run here: the Raft thread's next pass takes what waits.
+    doorbell: Sender<()>,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, Runtime> {
+        // A pass that panicked leaves the runtime as consistent as any pass boundary: the
+        // core advances only through whole `Ready`s.
+        self.runtime.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a pass on this thread unless another one is running (it then rings the Raft
+    /// thread, whose next pass takes what was queued). Never blocks on the lock, so the
+    /// receive thread never waits behind a pass.
+    fn pass_here(&self) {
+        let mut runtime = match self.runtime.try_lock() {
+            Ok(r) => r,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return self.ring(),
+        };
+        if runtime.pass_or_halt() {
+            // The Raft thread stops the node.
+            self.ring();
+        }
+    }
+
+    /// Has the Raft thread run a pass soon (now, or after the one it is running).
+    fn ring(&self) {
+        let _ = self.doorbell.try_send(());
+    }
+}
+
+/// What woke the Raft thread.
+enum Event {
+    Delivery(Delivery),
+    Snapshot(Option<Serialized>),
+    /// A tick is due, or the doorbell rang: just a pass.
+    Pass,
+}
+
+/// The Raft thread: waits for work, then runs a pass. It alone ticks on time, takes
+/// finished snapshots, runs the passes others found the core busy for (the doorbell), and
+/// stops the node.
+fn raft_thread(
+    core: Arc<Core>,
+    transport: &Arc<dyn Transport>,
+    rung: &Receiver<()>,
+    stopped: &Receiver<()>,
+) {
+    let inbox = core.lock().inbox.clone();
+    let no_snapshot = crossbeam_channel::never();
+    loop {
+        let (wait, snapshot) = {
+            let r = core.lock();
+            if r.halted {
+                break;
+            }
+            (
+                r.next_tick.saturating_duration_since(Instant::now()),
+                r.snapshot.clone(),
+            )
+        };
+        let event = select! {
+            recv(inbox) -> d => match d {
+                Ok(d) => Event::Delivery(d),
+                Err(_) => break,
+            },
+            recv(rung) -> _ => Event::Pass,
+            recv(snapshot.as_ref().unwrap_or(&no_snapshot)) -> s => Event::Snapshot(s.ok()),
+            recv(stopped) -> _ => break,
+            default(wait) => Event::Pass,
+        };
+        let mut runtime = core.lock();
+        if runtime.take(event).is_err_and(|e| runtime.halt(e)) || runtime.pass_or_halt() {
+            break;
+        }
+    }
+    // No sink runs after this returns, so the last reference to the core (and the
+    // transport) goes here, never on the receive thread.
+    transport.divert(None);
+    let mut runtime = core.lock();
+    runtime.halted = true;
+    runtime.fail_all(NodeError::Stopped);
+    // The storage thread finishes what it was given and the backlog (nothing
+    // acknowledged depends on them: an answered write is durable on a majority), then
+    // stops.
+    if let Some(jobs) = runtime.jobs.take() {
+        for job in runtime.backlog.drain(..) {
+            if jobs.send(job).is_err() {
+                break; // it failed and stopped already
+            }
+        }
+    }
+    let storage = runtime.storage.take();
+    drop(runtime);
+    if let Some(t) = storage {
+        let _ = t.join();
+    }
+    // A handle's pass may still hold the core for a moment (it finds the node halted);
+    // wait for it, so that the runtime and its transport (a bound socket) are dropped
+    // before the node's drop returns.
+    while Arc::strong_count(&core) > 1 {
+        std::thread::yield_now();
+    }
+}
+
 impl Runtime {
-    fn run(&mut self) {
-        let mut next_tick = Instant::now() + self.tick;
-        let inbox = self.transport.inbox().clone();
-        let (requests, held) = (self.requests.clone(), crossbeam_channel::never());
-        let no_snapshot = crossbeam_channel::never();
-        'run: loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            // While storage is behind, requests wait in their queue (and past its bound
-            // are refused as busy); everything else goes on.
-            let admitting = self.backlog.is_empty();
-            select! {
-                recv(inbox) -> d => match d {
-                    Ok(d) => self.on_delivery(d),
-                    Err(_) => break,
-                },
-                recv(if admitting { &requests } else { &held }) -> r => match r {
-                    Ok(r) => self.on_request(r),
-                    Err(_) => break,
-                },
-                recv(self.stored) -> s => match s {
-                    Ok(s) => if let Err(e) = self.on_stored(s) {
-                        self.stop_on_storage_failure(e);
-                        break;
-                    },
-                    Err(_) => break,
-                },
-                recv(self.snapshot.as_ref().unwrap_or(&no_snapshot)) -> s => {
-                    self.snapshot = None;
-                    if let Ok((index, data)) = s {
-                        if let Err(e) = self.on_snapshot_taken(index, data) {
-                            self.stop_on_storage_failure(e);
-                            break;
-                        }
-                    }
-                },
-                recv(self.stopped) -> _ => break,
-                default(wait) => {}
-            }
-            // Batch: take everything else that is already here.
-            let woke = Instant::now();
-            let mut batch = [0usize; 3];
-            while let Ok(d) = inbox.try_recv() {
-                self.on_delivery(d);
-                batch[0] += 1;
-            }
-            while let Ok(s) = self.stored.try_recv() {
-                if let Err(e) = self.on_stored(s) {
-                    self.stop_on_storage_failure(e);
-                    break 'run;
+    /// Handles what woke the Raft thread.
+    fn take(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Delivery(d) => self.on_delivery(d),
+            Event::Snapshot(s) => {
+                self.snapshot = None;
+                if let Some((index, data)) = s {
+                    self.on_snapshot_taken(index, data)?;
                 }
-                batch[1] += 1;
             }
-            if let Err(e) = self.drain_backlog() {
-                self.stop_on_storage_failure(e);
+            Event::Pass => {}
+        }
+        Ok(())
+    }
+
+    /// Runs a pass unless halted; returns whether the node is halted (now or before).
+    fn pass_or_halt(&mut self) -> bool {
+        if self.halted {
+            return true;
+        }
+        self.pass().is_err_and(|e| self.halt(e))
+    }
+
+    /// Halts the node on a storage failure `e`; returns `true`.
+    fn halt(&mut self, e: String) -> bool {
+        self.stop_on_storage_failure(e);
+        self.halted = true;
+        true
+    }
+
+    /// One pass: takes everything that is already here (deliveries, storage reports,
+    /// requests while storage keeps up), ticks if a tick is due, and handles the Ready.
+    fn pass(&mut self) -> Result<(), String> {
+        let woke = Instant::now();
+        let mut batch = [0usize; 3];
+        while let Ok(d) = self.inbox.try_recv().or_else(|_| self.mail.try_recv()) {
+            self.on_delivery(d);
+            batch[0] += 1;
+        }
+        while let Ok(s) = self.stored.try_recv() {
+            self.on_stored(s)?;
+            batch[1] += 1;
+        }
+        self.drain_backlog()?;
+        while self.backlog.is_empty() {
+            let Ok(r) = self.requests.try_recv() else {
                 break;
-            }
-            while self.backlog.is_empty() {
-                let Ok(r) = self.requests.try_recv() else {
-                    break;
-                };
-                self.on_request(r);
-                batch[2] += 1;
-            }
-            if Instant::now() >= next_tick {
-                self.follow_fabric();
-                self.raw.tick();
-                self.expire();
-                next_tick += self.tick;
-                if next_tick < Instant::now() {
-                    next_tick = Instant::now() + self.tick;
-                }
-            }
-            let readied = Instant::now();
-            if let Err(e) = self.handle_ready() {
-                self.stop_on_storage_failure(e);
-                break;
-            }
-            // Peers count silence in ticks of this thread: a pass that takes several ticks
-            // risks an election, so say what it was doing.
-            let took = woke.elapsed();
-            if took > self.tick * SLOW_PASS_TICKS {
-                tracing::warn!(
-                    node = %self.raw.id(),
-                    took_ms = took.as_millis() as u64,
-                    ready_ms = readied.elapsed().as_millis() as u64,
-                    deliveries = batch[0],
-                    stored = batch[1],
-                    requests = batch[2],
-                    "slow pass of the Raft thread"
-                );
+            };
+            self.on_request(r);
+            batch[2] += 1;
+        }
+        if Instant::now() >= self.next_tick {
+            self.follow_fabric();
+            self.raw.tick();
+            self.expire();
+            self.next_tick += self.tick;
+            if self.next_tick < Instant::now() {
+                self.next_tick = Instant::now() + self.tick;
             }
         }
-        self.fail_all(NodeError::Stopped);
-        // The storage thread finishes what it was given and the backlog (nothing
-        // acknowledged depends on them: an answered write is durable on a majority), then
-        // stops.
-        if let Some(jobs) = self.jobs.take() {
-            for job in self.backlog.drain(..) {
-                if jobs.send(job).is_err() {
-                    break; // it failed and stopped already
-                }
-            }
+        let readied = Instant::now();
+        self.handle_ready()?;
+        // Peers count silence in ticks of this node: a pass that takes several ticks
+        // risks an election, so say what it was doing.
+        let took = woke.elapsed();
+        if took > self.tick * SLOW_PASS_TICKS {
+            tracing::warn!(
+                node = %self.raw.id(),
+                took_ms = took.as_millis() as u64,
+                ready_ms = readied.elapsed().as_millis() as u64,
+                deliveries = batch[0],
+                stored = batch[1],
+                requests = batch[2],
+                "slow pass of the Raft thread"
+            );
         }
-        if let Some(t) = self.storage.take() {
-            let _ = t.join();
-        }
+        Ok(())
     }
 
     fn stop_on_storage_failure(&mut self, e: String) {
@@ -705,7 +837,7 @@ impl Runtime {
         Ok(())
     }
 
-    fn on_delivery(&mut self, d: weft_transport::Delivery) {
+    fn on_delivery(&mut self, d: Delivery) {
         match Message::from_delivery(&d, self.raw.id()) {
             Ok(m) => {
                 if m.from != d.from && self.transport.capabilities().authenticated_source {
@@ -1130,7 +1262,16 @@ fn storage_loop(
     transport: &dyn Transport,
     jobs: &Receiver<StoreJob>,
     stored: &Sender<Stored>,
+    core: &Weak<Core>,
 ) {
+    // Each report is taken by a pass run here (see `Core`): at a leader whose own fsync
+    // ends last, that pass commits the write.
+    let report = |s: Stored| {
+        let _ = stored.send(s);
+        if let Some(core) = core.upgrade() {
+            core.pass_here();
+        }
+    };
     let lock = || store.lock().unwrap_or_else(|e| e.into_inner());
     let writer = lock().snapshot_writer();
     let mut done = 0u64;
@@ -1200,11 +1341,11 @@ fn storage_loop(
             .and_then(|()| if sync { store.sync() } else { Ok(()) });
         drop(store);
         if let Err(e) = result {
-            let _ = stored.send(Stored::Failed(e));
+            report(Stored::Failed(e));
             return;
         }
         send_messages(transport, &messages);
-        let _ = stored.send(Stored::Durable(durable, done));
+        report(Stored::Durable(durable, done));
     }
 }
 

@@ -9,7 +9,8 @@ use weft_raft::kv::{KvCommand, KvOutcome, KvRequest};
 use weft_raft::node::{NoStore, Node, NodeConfig, NodeError, NodeHandle, ReadResult};
 use weft_raft::{NodeId, Persisted};
 use weft_transport::{
-    open, BackendConfig, MemConfig, PtpConfig, RdmaConfig, Transport, TransportConfig, VortexConfig,
+    open, BackendConfig, MemConfig, PtpConfig, RdmaConfig, Transport, TransportConfig, UdpConfig,
+    VortexConfig,
 };
 
 fn transport(cluster: u64, id: u32, n: u32) -> Box<dyn weft_transport::Transport> {
@@ -121,6 +122,46 @@ fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
             }
         }
     }
+}
+
+/// Over udp the receive threads drive the nodes (a follower persists and acknowledges
+/// where the append arrived, the leader commits where the acknowledgement arrived), and
+/// the client's thread proposes: writes commit and read back, and a dropped node lets go
+/// of its socket at once, although its receive thread held a way back to the node.
+#[test]
+fn a_udp_cluster_driven_by_its_receive_threads_commits_and_frees_its_ports() {
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        })
+        .collect();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            let mut cfg = TransportConfig::mem(0xA0DE_0105, NodeId(i), 3);
+            cfg.backend = BackendConfig::Udp(UdpConfig::default());
+            for (n, a) in cfg.nodes.iter_mut().zip(&addrs) {
+                n.addr = *a;
+            }
+            start_on(open(&cfg).unwrap(), i, 3, |_| {})
+        })
+        .collect();
+    let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
+    for i in 0..300u64 {
+        write(
+            &h,
+            &put(9, i + 1, &format!("k{}", i % 10), &format!("v{i}")),
+        );
+    }
+    assert_eq!(read(&h, "k9").as_deref(), Some(&b"v299"[..]));
+    for (node, addr) in nodes.drain(..).zip(&addrs) {
+        drop(node);
+        std::net::UdpSocket::bind(addr).expect("a dropped node's port is free");
+    }
+    assert!(
+        h[0].as_ref().unwrap().status().is_none(),
+        "a stopped node answers no status"
+    );
 }
 
 /// A node that follows a known leader.
