@@ -14,6 +14,7 @@
 //! `Busy` at once instead of letting latency grow without bound.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -251,13 +252,7 @@ impl NodeHandle {
         match self.tx.try_send(r) {
             Ok(()) => {
                 if let Some(core) = self.core.upgrade() {
-                    // Alone in the queue: take it now. Behind others: a pass is due
-                    // anyway, and one pass for many requests batches them.
-                    if self.tx.len() <= 1 {
-                        core.pass_here();
-                    } else {
-                        core.ring();
-                    }
+                    core.pass_here();
                 }
             }
             Err(TrySendError::Full(r)) => fail(r, NodeError::Busy),
@@ -413,6 +408,7 @@ impl Node {
         let id = runtime.raw.id();
         let core = Arc::new(Core {
             runtime: Mutex::new(runtime),
+            pending: AtomicBool::new(false),
             doorbell,
         });
         let storage = {
@@ -564,6 +560,10 @@ struct Runtime {
     halted: bool,
 }
 
+/// Passes a thread runs in a row for work others queued meanwhile, before it leaves the
+/// rest to the Raft thread: a receive or storage thread has its own work to get back to.
+const PASSES_HERE: usize = 2;
+
 /// A pass of the Raft thread longer than this many ticks is logged as slow.
 const SLOW_PASS_TICKS: u32 = 3;
 
@@ -574,10 +574,12 @@ const SLOW_PASS_TICKS: u32 = 3;
 /// machine) on a write's path: at the leader for the request, for the acknowledgement and
 /// for its own fsync, and at a follower for the append. Whoever
 /// holds the lock runs a whole pass (everything queued, a tick if due, the Ready); a
-/// thread that finds it held rings the Raft thread instead.
+/// thread that finds it held leaves its work to the holder.
 struct Core {
     runtime: Mutex<Runtime>,
-    /// Rung when a pass could not run here: the Raft thread's next pass takes what waits.
+    /// Work was queued that no pass has started on yet (see `Core::take_pending`).
+    pending: AtomicBool,
+    /// Rung when pending work is left to the Raft thread.
     doorbell: Sender<()>,
 }
 
@@ -588,17 +590,38 @@ impl Core {
         self.runtime.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs a pass on this thread unless another one is running (it then rings the Raft
-    /// thread, whose next pass takes what was queued). Never blocks on the lock, so the
-    /// receive thread never waits behind a pass.
+    /// Runs a pass on this thread for work just queued, unless another thread holds the
+    /// runtime: that one then runs it after its own pass (see `take_pending`). Never waits
+    /// for the lock, so no receive or storage thread waits behind a pass.
     fn pass_here(&self) {
-        let mut runtime = match self.runtime.try_lock() {
-            Ok(r) => r,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return self.ring(),
-        };
-        if runtime.pass_or_halt() {
-            // The Raft thread stops the node.
+        self.pending.store(true, Ordering::SeqCst);
+        self.take_pending();
+    }
+
+    /// Runs passes here while work is pending and nobody else holds the runtime, at most
+    /// [`PASSES_HERE`]; work still pending then goes to the Raft thread. Why the flag: a
+    /// thread that finds the runtime busy leaves its work to the holder instead of waking
+    /// the Raft thread, so under load passes take larger batches for fewer wake-ups.
+    /// Each holder clears the flag before it drains the queues and checks it after it lets
+    /// go, so no work set pending is left without a pass to take it.
+    fn take_pending(&self) {
+        for _ in 0..PASSES_HERE {
+            if !self.pending.load(Ordering::SeqCst) {
+                return;
+            }
+            let mut runtime = match self.runtime.try_lock() {
+                Ok(r) => r,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            self.pending.store(false, Ordering::SeqCst);
+            if runtime.pass_or_halt() {
+                // The Raft thread stops the node.
+                drop(runtime);
+                return self.ring();
+            }
+        }
+        if self.pending.load(Ordering::SeqCst) {
             self.ring();
         }
     }
@@ -618,7 +641,7 @@ enum Event {
 }
 
 /// The Raft thread: waits for work, then runs a pass. It alone ticks on time, takes
-/// finished snapshots, runs the passes others found the core busy for (the doorbell), and
+/// finished snapshots, runs the passes left to it (the doorbell: pending work), and
 /// stops the node.
 fn raft_thread(
     core: Arc<Core>,
@@ -650,9 +673,12 @@ fn raft_thread(
             default(wait) => Event::Pass,
         };
         let mut runtime = core.lock();
+        core.pending.store(false, Ordering::SeqCst);
         if runtime.take(event).is_err_and(|e| runtime.halt(e)) || runtime.pass_or_halt() {
             break;
         }
+        drop(runtime);
+        core.take_pending();
     }
     // No sink runs after this returns, so the last reference to the core (and the
     // transport) goes here, never on the receive thread.
