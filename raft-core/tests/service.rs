@@ -386,6 +386,58 @@ fn a_thousand_pipelined_requests_on_one_connection_are_all_answered() {
     });
 }
 
+/// Replies are written on the answering thread while nothing is queued ahead of them;
+/// a reply the socket takes only in part queues its rest for the connection's writer, and
+/// later ones queue behind it. A client reads only after the socket buffers fill, and
+/// asks for more while it reads (so answers come while the writer still has a queue):
+/// every reply still arrives whole, once, with its own id.
+#[test]
+fn replies_larger_than_the_socket_buffers_arrive_whole_to_a_late_reader() {
+    let c = Cluster::start(0x5E41_0009);
+    let value = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let mut cl = c.client();
+    cl.put("big", value.clone()).unwrap();
+    // A small receive buffer, set before connecting, so that the window stays small.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    socket.connect(&c.addrs()[c.leader()].into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let get = |id: u64| {
+        let body = Request::Get {
+            key: "big".into(),
+            consistency: Consistency::Stale,
+        };
+        encode_frame(&ClientRequest { id, body }).unwrap()
+    };
+    const N: u64 = 80;
+    for id in 1..=N / 2 {
+        writer.write_all(&get(id)).unwrap();
+    }
+    // 12 MB of replies against a few hundred kB of buffers: the server meets a full socket.
+    std::thread::sleep(Duration::from_millis(300));
+    let sender = std::thread::spawn(move || {
+        for id in N / 2 + 1..=N {
+            writer.write_all(&get(id)).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let mut reader = std::io::BufReader::new(stream);
+    let mut seen = HashSet::new();
+    while seen.len() < N as usize {
+        let reply: ClientReply =
+            decode(&read_frame(&mut reader, DEFAULT_MAX_FRAME).unwrap()).unwrap();
+        assert!(seen.insert(reply.id), "answered twice: {}", reply.id);
+        match reply.body {
+            Reply::Value { value: Some(v) } => assert!(v == value, "reply {} garbled", reply.id),
+            other => panic!("reply {} is {other:?}", reply.id),
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(seen, (1..=N).collect::<HashSet<_>>());
+}
+
 #[test]
 fn sixteen_concurrent_clients_all_acknowledged_writes_are_readable() {
     let c = Cluster::start(0x5E41_0004);

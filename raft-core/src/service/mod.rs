@@ -21,15 +21,17 @@
 //!
 //! Threads: the server owns a small tokio runtime (2 worker threads by default) for the
 //! sockets. No tokio worker ever blocks on the node: each request hands the node a
-//! callback that pushes the answer into its connection's (non-blocking) reply queue, so an
-//! answer costs no extra thread hop. The node answers every request, at the latest with a
+//! callback that writes the answer to the socket at once (non-blocking, on the answering
+//! thread) when nothing is queued ahead of it, and otherwise pushes it into the
+//! connection's reply queue for its writer task, so an answer costs no extra thread hop. The node answers every request, at the latest with a
 //! timeout. Dropping the [`Server`] stops the runtime and closes every connection.
 
 pub mod protocol;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -238,16 +240,96 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 enum Out {
     /// A reply, and the in-flight slot it frees once written.
     Reply(ClientReply, Option<OwnedSemaphorePermit>),
+    /// The unwritten rest of a reply begun on the answering thread, and its slot.
+    Rest(Vec<u8>, OwnedSemaphorePermit),
     /// A last reply; then the connection closes.
     Close(ClientReply),
 }
 
+/// A connection's way out: replies are written on the answering thread while nothing is
+/// queued for the writer task, and queued behind what is. Why: handing a reply to the
+/// writer task is a thread wake-up (tens of microseconds) on every request's path.
+struct Replies {
+    queue: UnboundedSender<Out>,
+    /// A non-blocking duplicate of the connection's socket, for the answering thread
+    /// (std's writes on Linux never raise SIGPIPE).
+    socket: std::net::TcpStream,
+    /// Replies queued for the writer task and not yet written; the lock also orders a
+    /// write here against the queue. Shared with the writer task, which holds no sender of
+    /// the queue: it ends once the reader and every pending answer are done.
+    queued: Arc<Mutex<usize>>,
+    max_frame: usize,
+}
+
+impl Replies {
+    fn queued(&self) -> std::sync::MutexGuard<'_, usize> {
+        lock_count(&self.queued)
+    }
+
+    /// Queues `out` for the writer task.
+    fn queue(&self, out: Out) {
+        let mut queued = self.queued();
+        *queued += 1;
+        let _ = self.queue.send(out);
+    }
+
+    /// Writes `reply` now if nothing is queued ahead of it, as far as the socket takes it;
+    /// queues the rest (or all of it) for the writer task.
+    fn reply(&self, reply: ClientReply, slot: OwnedSemaphorePermit) {
+        let mut queued = self.queued();
+        if *queued > 0 {
+            *queued += 1;
+            let _ = self.queue.send(Out::Reply(reply, Some(slot)));
+            return;
+        }
+        let mut frame = Vec::new();
+        append_frame(&mut frame, &reply, self.max_frame);
+        let written = match (&self.socket).write(&frame) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(_) => return, // the peer is gone, as for the writer task
+        };
+        if written < frame.len() {
+            *queued += 1;
+            frame.drain(..written);
+            let _ = self.queue.send(Out::Rest(frame, slot));
+        }
+    }
+}
+
+fn lock_count(count: &Mutex<usize>) -> std::sync::MutexGuard<'_, usize> {
+    // A count is whole after any panic.
+    count.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let socket = match stream.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
+        Ok((dup, s)) => match TcpStream::from_std(s) {
+            Ok(stream) => (dup, stream),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot register a connection; closed");
+                return;
+            }
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot duplicate a connection's socket; closed");
+            return;
+        }
+    };
+    let (dup, stream) = socket;
     let (rd, wr) = stream.into_split();
     let (tx, rx) = unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, rx, shared.max_frame));
-    if let Some(rd) = read_loop(rd, tx, &shared).await {
+    let queued = Arc::new(Mutex::new(0));
+    let writer = tokio::spawn(write_loop(wr, rx, Arc::clone(&queued), shared.max_frame));
+    let replies = Arc::new(Replies {
+        queue: tx,
+        socket: dup,
+        queued,
+        max_frame: shared.max_frame,
+    });
+    if let Some(rd) = read_loop(rd, replies, &shared).await {
         // Closing on purpose: let the last reply go out, then read (and discard) what the
         // peer still sends for a moment, so that closing does not reset the connection
         // before the peer has read the reply.
@@ -261,7 +343,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
 /// closed after a last reply.
 async fn read_loop(
     mut rd: OwnedReadHalf,
-    out: UnboundedSender<Out>,
+    out: Arc<Replies>,
     shared: &Arc<Shared>,
 ) -> Option<OwnedReadHalf> {
     let slots = Arc::new(Semaphore::new(shared.max_in_flight));
@@ -274,7 +356,7 @@ async fn read_loop(
             Ok(len) => len,
             Err(e) => {
                 tracing::debug!(error = %e, "oversized frame; closing the connection");
-                let _ = out.send(Out::Close(error(
+                out.queue(Out::Close(error(
                     UNKNOWN_REQUEST,
                     ErrorKind::FrameTooLarge,
                     e.to_string(),
@@ -287,7 +369,7 @@ async fn read_loop(
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return None, // truncated frame: the peer closed
             Err(_) => {
-                let _ = out.send(Out::Close(error(
+                out.queue(Out::Close(error(
                     UNKNOWN_REQUEST,
                     ErrorKind::BadRequest,
                     "frame incomplete after the frame timeout".into(),
@@ -309,25 +391,38 @@ async fn read_loop(
                 let id = protocol::salvage_id(&payload).unwrap_or(UNKNOWN_REQUEST);
                 tracing::debug!(id, error = %e, "bad request frame");
                 let reply = error(id, ErrorKind::BadRequest, e.to_string());
-                let _ = out.send(Out::Reply(reply, Some(slot)));
+                out.queue(Out::Reply(reply, Some(slot)));
             }
         }
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: UnboundedReceiver<Out>, max_frame: usize) {
+/// Writes what is queued, in order, batched; `queued` counts it down once written (see
+/// [`Replies`]).
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: UnboundedReceiver<Out>,
+    queued: Arc<Mutex<usize>>,
+    max_frame: usize,
+) {
     const BATCH: usize = 256 << 10;
     let mut buf = Vec::with_capacity(64 << 10);
     let mut slots = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut close = false;
+        let mut taken = 0;
         // Batch whatever is ready into one write.
         while let Some(msg) = next.take() {
+            taken += 1;
             match msg {
                 Out::Reply(reply, slot) => {
                     append_frame(&mut buf, &reply, max_frame);
                     slots.extend(slot);
+                }
+                Out::Rest(rest, slot) => {
+                    buf.extend_from_slice(&rest);
+                    slots.push(slot);
                 }
                 Out::Close(reply) => {
                     append_frame(&mut buf, &reply, max_frame);
@@ -345,6 +440,10 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: UnboundedReceiver<Out>, max_
         }
         buf.clear();
         slots.clear();
+        {
+            let mut count = lock_count(&queued);
+            *count = count.saturating_sub(taken);
+        }
         if close {
             let _ = wr.shutdown().await;
             return;
@@ -396,7 +495,7 @@ fn error(id: RequestId, kind: ErrorKind, message: String) -> ClientReply {
 /// Answers one request: holds the connection's reply queue and the request's in-flight
 /// slot.
 struct Replier {
-    out: UnboundedSender<Out>,
+    out: Arc<Replies>,
     slot: OwnedSemaphorePermit,
     peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
     id: RequestId,
@@ -405,12 +504,12 @@ struct Replier {
 impl Replier {
     fn new(
         id: RequestId,
-        out: &UnboundedSender<Out>,
+        out: &Arc<Replies>,
         slot: OwnedSemaphorePermit,
         shared: &Shared,
     ) -> Replier {
         Replier {
-            out: out.clone(),
+            out: Arc::clone(out),
             slot,
             peers: Arc::clone(&shared.peers),
             id,
@@ -419,13 +518,13 @@ impl Replier {
 
     fn send(self, body: Reply) {
         let reply = ClientReply { id: self.id, body };
-        let _ = self.out.send(Out::Reply(reply, Some(self.slot)));
+        self.out.reply(reply, self.slot);
     }
 
     /// Answers with `body` as the connection's last reply.
     fn close(self, body: Reply) {
         let reply = ClientReply { id: self.id, body };
-        let _ = self.out.send(Out::Close(reply));
+        self.out.queue(Out::Close(reply));
     }
 
     /// Answers with `ok(value)`, or with what the node's failure means for the client.
