@@ -4,11 +4,11 @@
 //! The core is a single state machine behind one lock, driven in passes by whichever
 //! thread has work for it: the transport's receive thread where a message arrived, the
 //! thread that submitted a request, the storage thread that made something durable, or the
-//! node's Raft thread (ticks, and whatever found the core busy; see `Core`). Throughput comes from batching: each pass
-//! drains every message and request that arrived meanwhile, then handles the
-//! `Ready`; one fsync covers every entry handed to storage meanwhile (group commit). The
-//! Ready contract is kept to the letter: persist, then send, then apply, then advance, so
-//! no write is acknowledged before it is durable on a majority.
+//! node's Raft thread (ticks, and work others left pending; see `Core`). Throughput comes
+//! from batching: each pass drains every message and request that arrived meanwhile, then
+//! handles the `Ready`; one fsync covers every entry handed to storage meanwhile (group
+//! commit). The Ready contract is kept to the letter: persist, then send, then apply, then
+//! advance, so no write is acknowledged before it is durable on a majority.
 //!
 //! Back-pressure: requests enter through a bounded queue; when it is full, `submit` says
 //! `Busy` at once instead of letting latency grow without bound.
@@ -564,7 +564,7 @@ struct Runtime {
 /// rest to the Raft thread: a receive or storage thread has its own work to get back to.
 const PASSES_HERE: usize = 2;
 
-/// A pass of the Raft thread longer than this many ticks is logged as slow.
+/// A pass longer than this many ticks is logged as slow.
 const SLOW_PASS_TICKS: u32 = 3;
 
 /// The runtime, which any thread may drive: the Raft thread, the transport's receive
@@ -783,7 +783,7 @@ impl Runtime {
                 deliveries = batch[0],
                 stored = batch[1],
                 requests = batch[2],
-                "slow pass of the Raft thread"
+                "slow pass of the node"
             );
         }
         Ok(())
