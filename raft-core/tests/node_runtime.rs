@@ -21,6 +21,16 @@ fn start(cluster: u64, id: u32, n: u32) -> Node {
     start_with(cluster, id, n, |_| {})
 }
 
+/// `n` loopback addresses that were free a moment ago, for datagram fabrics.
+fn loopback_addrs(n: usize) -> Vec<std::net::SocketAddr> {
+    (0..n)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        })
+        .collect()
+}
+
 /// Starts node `id` with 5 ms ticks, then whatever `tweak` changes.
 fn start_with(cluster: u64, id: u32, n: u32, tweak: impl Fn(&mut NodeConfig)) -> Node {
     start_on(transport(cluster, id, n), id, n, tweak)
@@ -35,9 +45,15 @@ fn start_on(t: Box<dyn Transport>, id: u32, n: u32, tweak: impl Fn(&mut NodeConf
     Node::start(cfg, Persisted::default(), Box::new(NoStore), t).unwrap()
 }
 
+/// On udp and ptp the receive threads drive the nodes (a follower persists and
+/// acknowledges where the append arrived, the leader commits where the acknowledgement
+/// arrived), elsewhere the Raft thread takes the inbox; on each the client's thread
+/// proposes. Writes commit and read back, and a dropped node on a datagram fabric lets go
+/// of its socket at once, although its receive thread held a way back to the node.
 #[test]
-fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
+fn the_same_cluster_runs_on_udp_emulated_rdma_the_vortex_emulator_and_ptp() {
     let fabrics = [
+        (0xA0DE_0105, BackendConfig::Udp(UdpConfig::default())),
         (0xA0DE_0101, BackendConfig::Rdma(RdmaConfig::default())),
         (
             0xA0DE_0102,
@@ -58,13 +74,8 @@ fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
     for (cluster, backend) in fabrics {
         let bare = cluster == 0xA0DE_0104;
         // Datagram fabrics need a real address per member.
-        let addrs: Vec<std::net::SocketAddr> = (0..3)
-            .map(|_| {
-                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-                s.local_addr().unwrap()
-            })
-            .collect();
-        let nodes: Vec<Node> = (1..=3)
+        let addrs = loopback_addrs(3);
+        let mut nodes: Vec<Node> = (1..=3)
             .map(|i| {
                 let mut cfg = TransportConfig::mem(cluster, NodeId(i), 3);
                 cfg.backend = backend.clone();
@@ -121,47 +132,18 @@ fn the_same_cluster_runs_on_emulated_rdma_the_vortex_emulator_and_ptp() {
                 assert!(o.offset_ns.abs() < 20_000_000, "{o:?}");
             }
         }
-    }
-}
-
-/// Over udp the receive threads drive the nodes (a follower persists and acknowledges
-/// where the append arrived, the leader commits where the acknowledgement arrived), and
-/// the client's thread proposes: writes commit and read back, and a dropped node lets go
-/// of its socket at once, although its receive thread held a way back to the node.
-#[test]
-fn a_udp_cluster_driven_by_its_receive_threads_commits_and_frees_its_ports() {
-    let addrs: Vec<std::net::SocketAddr> = (0..3)
-        .map(|_| {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.local_addr().unwrap()
-        })
-        .collect();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| {
-            let mut cfg = TransportConfig::mem(0xA0DE_0105, NodeId(i), 3);
-            cfg.backend = BackendConfig::Udp(UdpConfig::default());
-            for (n, a) in cfg.nodes.iter_mut().zip(&addrs) {
-                n.addr = *a;
+        let datagrams = matches!(backend, BackendConfig::Udp(_) | BackendConfig::Ptp(_));
+        for (node, addr) in nodes.drain(..).zip(&addrs) {
+            drop(node);
+            if datagrams {
+                std::net::UdpSocket::bind(addr).expect("a dropped node's port is free");
             }
-            start_on(open(&cfg).unwrap(), i, 3, |_| {})
-        })
-        .collect();
-    let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
-    for i in 0..300u64 {
-        write(
-            &h,
-            &put(9, i + 1, &format!("k{}", i % 10), &format!("v{i}")),
+        }
+        assert!(
+            h[0].as_ref().unwrap().status().is_none(),
+            "a stopped node answers no status"
         );
     }
-    assert_eq!(read(&h, "k9").as_deref(), Some(&b"v299"[..]));
-    for (node, addr) in nodes.drain(..).zip(&addrs) {
-        drop(node);
-        std::net::UdpSocket::bind(addr).expect("a dropped node's port is free");
-    }
-    assert!(
-        h[0].as_ref().unwrap().status().is_none(),
-        "a stopped node answers no status"
-    );
 }
 
 /// A node that follows a known leader.
@@ -355,12 +337,7 @@ fn clocks_beyond_epsilon_turn_ordered_elections_off_and_raft_carries_on() {
     use weft_transport::backend::ptp::PtpTransport;
     use weft_transport::clock::{Clock, ShiftedClock};
     use weft_transport::{Counters, NodeSpec};
-    let addrs: Vec<std::net::SocketAddr> = (0..3)
-        .map(|_| {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.local_addr().unwrap()
-        })
-        .collect();
+    let addrs = loopback_addrs(3);
     let ptp = PtpConfig {
         max_datagram: 65507,
         epsilon_us: 1_000,
