@@ -20,7 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{
+    bounded, select, unbounded, Receiver, Select, Sender, TryRecvError, TrySendError,
+};
 use weft_transport::{Delivery, Transport};
 
 use crate::kv::{KvOutcome, KvRequest, KvStore};
@@ -209,8 +211,10 @@ pub struct Status {
     pub ordered_elections: bool,
 }
 
-/// How the node answers a request: called exactly once, on the node's thread, so it must
-/// be quick and must not block (push into a queue, complete a future).
+/// How the node answers a request: called exactly once, on whichever thread runs the pass
+/// that answers it (possibly inside the call that submitted the request), so it must be
+/// quick, must not block, and must not take a lock its submitter holds (push into a
+/// queue, complete a future, write to a non-blocking socket).
 pub type Answer<T> = Box<dyn FnOnce(Result<T, NodeError>) + Send>;
 
 /// An answer delivered into a channel, for callers that wait.
@@ -320,8 +324,13 @@ impl NodeHandle {
     /// The node's diagnostic, or `None` if it stopped.
     pub fn status(&self) -> Option<Status> {
         let (tx, rx) = bounded(1);
-        self.submit(Request::Status(tx));
-        rx.recv_timeout(Duration::from_secs(5)).ok()
+        // Waits for room in a full queue: a busy node is not a stopped one.
+        let wait = Duration::from_secs(5);
+        self.tx.send_timeout(Request::Status(tx), wait).ok()?;
+        if let Some(core) = self.core.upgrade() {
+            core.pass_here();
+        }
+        rx.recv_timeout(wait).ok()
     }
 }
 
@@ -585,8 +594,8 @@ struct Core {
 
 impl Core {
     fn lock(&self) -> MutexGuard<'_, Runtime> {
-        // A pass that panicked leaves the runtime as consistent as any pass boundary: the
-        // core advances only through whole `Ready`s.
+        // Passes run `guarded`: one that panics halts the runtime, which is what stops it
+        // being used (a lock poisoned elsewhere guards nothing more).
         self.runtime.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -615,7 +624,7 @@ impl Core {
                 Err(TryLockError::WouldBlock) => return,
             };
             self.pending.store(false, Ordering::SeqCst);
-            if runtime.pass_or_halt() {
+            if runtime.guarded(Runtime::pass_or_halt) {
                 // The Raft thread stops the node.
                 drop(runtime);
                 return self.ring();
@@ -662,19 +671,39 @@ fn raft_thread(
                 r.snapshot.clone(),
             )
         };
-        let event = select! {
-            recv(inbox) -> d => match d {
-                Ok(d) => Event::Delivery(d),
-                Err(_) => break,
-            },
-            recv(rung) -> _ => Event::Pass,
-            recv(snapshot.as_ref().unwrap_or(&no_snapshot)) -> s => Event::Snapshot(s.ok()),
-            recv(stopped) -> _ => break,
-            default(wait) => Event::Pass,
-        };
+        // Work left pending by a thread that met the lock just now.
+        core.take_pending();
+        let snapshot = snapshot.as_ref().unwrap_or(&no_snapshot);
+        // Waits for readiness only: what is ready is taken under the lock, so that no
+        // other pass takes a later delivery first (a fabric's order is kept).
+        let mut select = Select::new();
+        let (on_inbox, on_rung) = (select.recv(&inbox), select.recv(rung));
+        let (on_snapshot, on_stop) = (select.recv(snapshot), select.recv(stopped));
+        let ready = select.ready_timeout(wait).ok();
+        if ready == Some(on_stop) {
+            break;
+        }
+        if ready == Some(on_rung) {
+            let _ = rung.try_recv();
+        }
         let mut runtime = core.lock();
         core.pending.store(false, Ordering::SeqCst);
-        if runtime.take(event).is_err_and(|e| runtime.halt(e)) || runtime.pass_or_halt() {
+        let event = match ready {
+            Some(i) if i == on_inbox => match inbox.try_recv() {
+                Ok(d) => Event::Delivery(d),
+                Err(TryRecvError::Empty) => Event::Pass,
+                Err(TryRecvError::Disconnected) => break,
+            },
+            Some(i) if i == on_snapshot => match snapshot.try_recv() {
+                Ok(s) => Event::Snapshot(Some(s)),
+                Err(TryRecvError::Empty) => Event::Pass,
+                Err(TryRecvError::Disconnected) => Event::Snapshot(None),
+            },
+            _ => Event::Pass,
+        };
+        let halted =
+            runtime.guarded(|r| r.take(event).is_err_and(|e| r.halt(e)) || r.pass_or_halt());
+        if halted {
             break;
         }
         drop(runtime);
@@ -726,16 +755,31 @@ impl Runtime {
     }
 
     /// Runs a pass unless halted; returns whether the node is halted (now or before).
+    /// Halted, it refuses what was submitted meanwhile: nothing is left unanswered.
     fn pass_or_halt(&mut self) -> bool {
         if self.halted {
+            while let Ok(r) = self.requests.try_recv() {
+                fail(r, NodeError::Stopped);
+            }
             return true;
         }
         self.pass().is_err_and(|e| self.halt(e))
     }
 
-    /// Halts the node on a storage failure `e`; returns `true`.
+    /// Runs `f` (a pass), halting the node if it panics. Why: a pass that panicked may
+    /// have handed a Ready it never persisted, so no later pass may acknowledge anything;
+    /// the node stops as it did when its one thread died, whichever thread ran the pass.
+    fn guarded(&mut self, f: impl FnOnce(&mut Runtime) -> bool) -> bool {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(halted) => halted,
+            Err(_) => self.halt("a pass of the node panicked".into()),
+        }
+    }
+
+    /// Halts the node on a failure `e` (of storage, or a panic); returns `true`.
     fn halt(&mut self, e: String) -> bool {
-        self.stop_on_storage_failure(e);
+        tracing::error!(node = %self.raw.id(), error = %e, "node stops");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         self.halted = true;
         true
     }
@@ -787,11 +831,6 @@ impl Runtime {
             );
         }
         Ok(())
-    }
-
-    fn stop_on_storage_failure(&mut self, e: String) {
-        tracing::error!(node = %self.raw.id(), error = %e, "storage failed; node stops");
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
 
     /// The storage thread's report: entries and hard state now durable.

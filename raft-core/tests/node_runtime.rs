@@ -384,12 +384,15 @@ fn clocks_beyond_epsilon_turn_ordered_elections_off_and_raft_carries_on() {
 }
 
 /// A store that keeps nothing but records every compaction a node hands it (snapshot
-/// index, snapshot bytes), and whose writes wait while `stall` is on: a disk that stopped
-/// keeping up.
+/// index, snapshot bytes), whose writes wait while `stall` is on (a disk that stopped
+/// keeping up) and panic while `panic` is on (a bug in a store).
 #[derive(Default)]
 struct TestStore {
     compactions: std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
     stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    panic: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Writes attempted while `panic` was on.
+    panicked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl weft_raft::node::LogStore for TestStore {
@@ -402,6 +405,11 @@ impl weft_raft::node::LogStore for TestStore {
         while self.stall.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(1));
         }
+        if self.panic.load(std::sync::atomic::Ordering::Relaxed) {
+            self.panicked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            panic!("the store's write panicked");
+        }
         Ok(())
     }
     fn compact(&mut self, s: &weft_raft::Snapshot) -> Result<(), String> {
@@ -411,6 +419,80 @@ impl weft_raft::node::LogStore for TestStore {
             .push((s.meta.index, s.data.len()));
         Ok(())
     }
+}
+
+/// A store that panics in the middle of a write stops its node, whichever thread ran the
+/// write: a pass may have handed a Ready it never persisted, so no later pass may
+/// acknowledge anything (nor write: the store sees one write after the panic, the one that
+/// panicked). The node says why it stopped, answers no more, and the other two go on
+/// committing.
+#[test]
+fn a_panic_in_a_store_write_stops_the_node() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let panics: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let panicked: Vec<_> = (0..3)
+        .map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0)))
+        .collect();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let mut cfg = NodeConfig::new(NodeId(id), (1..=3).map(NodeId));
+            cfg.tick = Duration::from_millis(5);
+            let store = TestStore {
+                panic: Arc::clone(&panics[id as usize - 1]),
+                panicked: Arc::clone(&panicked[id as usize - 1]),
+                ..TestStore::default()
+            };
+            Node::start(
+                cfg,
+                Persisted::default(),
+                Box::new(store),
+                transport(0xA0DE_0999, id, 3),
+            )
+            .unwrap()
+        })
+        .collect();
+    let h: Vec<_> = nodes.iter().map(|n| Some(n.handle())).collect();
+    write(&h, &put(6, 1, "k", "before"));
+    let f = h.iter().position(|n| {
+        n.as_ref()
+            .and_then(NodeHandle::status)
+            .is_some_and(|s| s.role == "Follower")
+    });
+    let f = f.expect("a follower");
+    panics[f].store(true, Ordering::Relaxed);
+    for i in 2..20u64 {
+        write(&h, &put(6, i, "k", &format!("v{i}")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        if let Some(why) = nodes[f].failure() {
+            break why;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node with the panicking store runs on"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("the node stopped: {why}");
+    assert!(
+        why.contains("panicked") || why.contains("storage thread stopped"),
+        "{why}"
+    );
+    assert!(
+        h[f].as_ref().unwrap().status().is_none(),
+        "it answers no more"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        panicked[f].load(Ordering::Relaxed),
+        1,
+        "writes after the panic"
+    );
+    let others: Vec<Option<NodeHandle>> = (0..3).map(|i| h[i].clone().filter(|_| i != f)).collect();
+    write(&others, &put(6, 20, "k", "after"));
+    assert_eq!(read(&others, "k").as_deref(), Some(&b"after"[..]));
 }
 
 /// A growing state is snapshotted less and less often: a snapshot waits for

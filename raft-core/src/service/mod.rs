@@ -20,7 +20,9 @@
 //! connection. None of these touch other connections.
 //!
 //! Threads: the server owns a small tokio runtime (2 worker threads by default) for the
-//! sockets. No tokio worker ever blocks on the node: each request hands the node a
+//! sockets. No tokio worker ever waits for the node: a worker runs the node's pass for the
+//! request it submits only if no other thread is running one (at a follower that pass may
+//! include an fsync of appends that arrived meanwhile). Each request hands the node a
 //! callback that writes the answer to the socket at once (non-blocking, on the answering
 //! thread) when nothing is queued ahead of it, and otherwise pushes it into the
 //! connection's reply queue for its writer task, so an answer costs no extra thread hop. The node answers every request, at the latest with a
@@ -440,7 +442,8 @@ async fn write_loop(
         }
         buf.clear();
         slots.clear();
-        {
+        if !close {
+            // (After the last reply the count stays up: nothing is written after it.)
             let mut count = lock_count(&queued);
             *count = count.saturating_sub(taken);
         }

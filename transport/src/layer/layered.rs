@@ -98,7 +98,14 @@ impl Shared {
             }
             stack.flush(now, &mut out);
         }
-        let _ = self.emit(out, 0);
+        let _ = self.put_on_wire(out.wire);
+        // What the tick released (a fifo layer's held messages) comes after what the
+        // batch completed, as the stack produced them.
+        delivered.extend(out.deliver.into_iter().map(|(from, bytes)| Delivery {
+            from,
+            epoch: 0,
+            bytes,
+        }));
         self.hand_over(&mut delivered);
     }
 }
@@ -253,8 +260,7 @@ impl Transport for LayeredTransport {
     }
 
     /// Runs `sink` where the stack delivers: on the backend's receive thread where the
-    /// backend diverts to the stack, on the pump thread otherwise (and, for a message the
-    /// stack delivers to its own node, on the sender's thread).
+    /// backend diverts to the stack, on the pump thread otherwise.
     fn divert(&self, sink: Option<Sink>) -> bool {
         self.shared.deliver.divert(sink)
     }
