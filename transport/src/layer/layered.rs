@@ -39,16 +39,20 @@ impl Shared {
         self.stack.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Puts frames on the fabric and messages in the inbox. A backend refusal is logged:
-    /// the reliable layer, where present, retransmits; without it the fabric is lossy.
-    fn emit(&self, out: Output, epoch: u64) -> Result<(), TransportError> {
+    /// Puts `out`'s frames on the fabric, then hands over `delivered` followed by what
+    /// `out` delivers, in the order the stack produced them. Frames first: a diverted user
+    /// may take a while over the deliveries (a follower's fsync), and acks must not wait
+    /// for it. A backend refusal is returned: the reliable layer, where present,
+    /// retransmits; without it the fabric is lossy.
+    fn emit(&self, out: Output, mut delivered: Vec<Delivery>) -> Result<(), TransportError> {
         let result = self.put_on_wire(out.wire);
-        let mut delivered = out
-            .deliver
-            .into_iter()
-            .map(|(from, bytes)| Delivery { from, epoch, bytes })
-            .collect();
-        self.hand_over(&mut delivered);
+        delivered.extend(out.deliver.into_iter().map(|(from, bytes)| Delivery {
+            from,
+            epoch: 0,
+            bytes,
+        }));
+        // The receiver may be gone while the endpoint shuts down; nothing to do then.
+        let _ = self.deliver.put(&mut delivered);
         result
     }
 
@@ -69,15 +73,9 @@ impl Shared {
         first_err.map_or(Ok(()), Err)
     }
 
-    fn hand_over(&self, delivered: &mut Vec<Delivery>) {
-        // The receiver may be gone while the endpoint shuts down; nothing to do then.
-        let _ = self.deliver.put(delivered);
-    }
-
     /// Runs received frames up the stack, ticks it if `tick`, flushes it (acks for the
-    /// batch), then puts its frames on the fabric and hands over what it delivered: frames
-    /// first, since a diverted user may take a while over the deliveries (a follower's
-    /// fsync) and the acks must not wait for it.
+    /// batch), then emits the lot: frames, what the batch completed, what the tick
+    /// released (a fifo layer's held messages).
     fn receive(&self, frames: impl Iterator<Item = Delivery>, tick: bool) {
         let mut out = Output::default();
         let mut delivered = Vec::new();
@@ -98,15 +96,7 @@ impl Shared {
             }
             stack.flush(now, &mut out);
         }
-        let _ = self.put_on_wire(out.wire);
-        // What the tick released (a fifo layer's held messages) comes after what the
-        // batch completed, as the stack produced them.
-        delivered.extend(out.deliver.into_iter().map(|(from, bytes)| Delivery {
-            from,
-            epoch: 0,
-            bytes,
-        }));
-        self.hand_over(&mut delivered);
+        let _ = self.emit(out, delivered);
     }
 }
 
@@ -177,7 +167,7 @@ impl LayeredTransport {
             .shared
             .stack()
             .send(dest, msg, Instant::now(), &mut out);
-        let emitted = self.shared.emit(out, 0);
+        let emitted = self.shared.emit(out, Vec::new());
         // Unreliable stacks report the backend's refusal; reliable ones will retransmit.
         match result {
             Ok(()) if !self.unordered.reliable => emitted,
