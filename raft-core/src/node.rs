@@ -254,11 +254,7 @@ impl NodeHandle {
 
     fn submit(&self, r: Request) {
         match self.tx.try_send(r) {
-            Ok(()) => {
-                if let Some(core) = self.core.upgrade() {
-                    core.pass_here();
-                }
-            }
+            Ok(()) => Core::pass_here(&self.core),
             Err(TrySendError::Full(r)) => fail(r, NodeError::Busy),
             Err(TrySendError::Disconnected(r)) => fail(r, NodeError::Stopped),
         }
@@ -327,9 +323,7 @@ impl NodeHandle {
         // Waits for room in a full queue: a busy node is not a stopped one.
         let wait = Duration::from_secs(5);
         self.tx.send_timeout(Request::Status(tx), wait).ok()?;
-        if let Some(core) = self.core.upgrade() {
-            core.pass_here();
-        }
+        Core::pass_here(&self.core);
         rx.recv_timeout(wait).ok()
     }
 }
@@ -433,12 +427,10 @@ impl Node {
         let weak = Arc::downgrade(&core);
         let sink_core = weak.clone();
         transport.divert(Some(Box::new(move |batch| {
-            if let Some(core) = sink_core.upgrade() {
-                for d in batch.drain(..) {
-                    let _ = mail_tx.send(d);
-                }
-                core.pass_here();
+            for d in batch.drain(..) {
+                let _ = mail_tx.send(d);
             }
+            Core::pass_here(&sink_core);
         })));
         let thread = std::thread::Builder::new()
             .name(format!("weft-node-{id}"))
@@ -601,10 +593,13 @@ impl Core {
 
     /// Runs a pass on this thread for work just queued, unless another thread holds the
     /// runtime: that one then runs it after its own pass (see `take_pending`). Never waits
-    /// for the lock, so no receive or storage thread waits behind a pass.
-    fn pass_here(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        self.take_pending();
+    /// for the lock, so no receive or storage thread waits behind a pass. Nothing to do
+    /// once the node is gone (`core` is held weakly by everything outside the node).
+    fn pass_here(core: &Weak<Core>) {
+        if let Some(core) = core.upgrade() {
+            core.pending.store(true, Ordering::SeqCst);
+            core.take_pending();
+        }
     }
 
     /// Runs passes here while work is pending and nobody else holds the runtime, at most
@@ -658,56 +653,47 @@ fn raft_thread(
     rung: &Receiver<()>,
     stopped: &Receiver<()>,
 ) {
-    let inbox = core.lock().inbox.clone();
     let no_snapshot = crossbeam_channel::never();
-    loop {
-        let (wait, snapshot) = {
-            let r = core.lock();
-            if r.halted {
+    // Every exit leaves the loop's scope, which lets go of the lock if it is held.
+    {
+        let mut runtime = core.lock();
+        let inbox = runtime.inbox.clone();
+        while !runtime.halted {
+            let wait = runtime.next_tick.saturating_duration_since(Instant::now());
+            let snapshot = runtime.snapshot.clone();
+            drop(runtime);
+            // Work left pending by a thread that met the lock while this one held it.
+            core.take_pending();
+            let snapshot = snapshot.as_ref().unwrap_or(&no_snapshot);
+            // Waits for readiness only: what is ready is taken under the lock, so that no
+            // other pass takes a later delivery first (a fabric's order is kept).
+            let mut select = Select::new();
+            let (on_inbox, on_rung) = (select.recv(&inbox), select.recv(rung));
+            let (on_snapshot, on_stop) = (select.recv(snapshot), select.recv(stopped));
+            let ready = select.ready_timeout(wait).ok();
+            if ready == Some(on_stop) {
                 break;
             }
-            (
-                r.next_tick.saturating_duration_since(Instant::now()),
-                r.snapshot.clone(),
-            )
-        };
-        // Work left pending by a thread that met the lock just now.
-        core.take_pending();
-        let snapshot = snapshot.as_ref().unwrap_or(&no_snapshot);
-        // Waits for readiness only: what is ready is taken under the lock, so that no
-        // other pass takes a later delivery first (a fabric's order is kept).
-        let mut select = Select::new();
-        let (on_inbox, on_rung) = (select.recv(&inbox), select.recv(rung));
-        let (on_snapshot, on_stop) = (select.recv(snapshot), select.recv(stopped));
-        let ready = select.ready_timeout(wait).ok();
-        if ready == Some(on_stop) {
-            break;
-        }
-        if ready == Some(on_rung) {
-            let _ = rung.try_recv();
-        }
-        let mut runtime = core.lock();
-        core.pending.store(false, Ordering::SeqCst);
-        let event = match ready {
-            Some(i) if i == on_inbox => match inbox.try_recv() {
-                Ok(d) => Event::Delivery(d),
-                Err(TryRecvError::Empty) => Event::Pass,
-                Err(TryRecvError::Disconnected) => break,
-            },
-            Some(i) if i == on_snapshot => match snapshot.try_recv() {
-                Ok(s) => Event::Snapshot(Some(s)),
-                Err(TryRecvError::Empty) => Event::Pass,
-                Err(TryRecvError::Disconnected) => Event::Snapshot(None),
-            },
-            _ => Event::Pass,
-        };
-        let halted =
+            if ready == Some(on_rung) {
+                let _ = rung.try_recv();
+            }
+            runtime = core.lock();
+            core.pending.store(false, Ordering::SeqCst);
+            let event = match ready {
+                Some(i) if i == on_inbox => match inbox.try_recv() {
+                    Ok(d) => Event::Delivery(d),
+                    Err(TryRecvError::Empty) => Event::Pass,
+                    Err(TryRecvError::Disconnected) => break,
+                },
+                Some(i) if i == on_snapshot => match snapshot.try_recv() {
+                    Ok(s) => Event::Snapshot(Some(s)),
+                    Err(TryRecvError::Empty) => Event::Pass,
+                    Err(TryRecvError::Disconnected) => Event::Snapshot(None),
+                },
+                _ => Event::Pass,
+            };
             runtime.guarded(|r| r.take(event).is_err_and(|e| r.halt(e)) || r.pass_or_halt());
-        if halted {
-            break;
         }
-        drop(runtime);
-        core.take_pending();
     }
     // No sink runs after this returns, so the last reference to the core (and the
     // transport) goes here, never on the receive thread.
@@ -1333,9 +1319,7 @@ fn storage_loop(
     // ends last, that pass commits the write.
     let report = |s: Stored| {
         let _ = stored.send(s);
-        if let Some(core) = core.upgrade() {
-            core.pass_here();
-        }
+        Core::pass_here(core);
     };
     let lock = || store.lock().unwrap_or_else(|e| e.into_inner());
     let writer = lock().snapshot_writer();
