@@ -25,8 +25,8 @@
 //! include an fsync of appends that arrived meanwhile). Each request hands the node a
 //! callback that writes the answer to the socket at once (non-blocking, on the answering
 //! thread) when nothing is queued ahead of it, and otherwise pushes it into the
-//! connection's reply queue for its writer task, so an answer costs no extra thread hop. The node answers every request, at the latest with a
-//! timeout. Dropping the [`Server`] stops the runtime and closes every connection.
+//! connection's reply queue for its writer task, so an answer costs no extra thread hop.
+//! The node answers every request, at the latest with a timeout. Dropping the [`Server`] stops the runtime and closes every connection.
 
 pub mod protocol;
 
@@ -264,13 +264,9 @@ struct Replies {
 }
 
 impl Replies {
-    fn queued(&self) -> std::sync::MutexGuard<'_, usize> {
-        lock_count(&self.queued)
-    }
-
     /// Queues `out` for the writer task.
     fn queue(&self, out: Out) {
-        let mut queued = self.queued();
+        let mut queued = lock_count(&self.queued);
         *queued += 1;
         let _ = self.queue.send(out);
     }
@@ -278,7 +274,7 @@ impl Replies {
     /// Writes `reply` now if nothing is queued ahead of it, as far as the socket takes it;
     /// queues the rest (or all of it) for the writer task.
     fn reply(&self, reply: ClientReply, slot: OwnedSemaphorePermit) {
-        let mut queued = self.queued();
+        let mut queued = lock_count(&self.queued);
         if *queued > 0 {
             *queued += 1;
             let _ = self.queue.send(Out::Reply(reply, Some(slot)));
@@ -307,20 +303,17 @@ fn lock_count(count: &Mutex<usize>) -> std::sync::MutexGuard<'_, usize> {
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let socket = match stream.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
-        Ok((dup, s)) => match TcpStream::from_std(s) {
-            Ok(stream) => (dup, stream),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot register a connection; closed");
-                return;
-            }
-        },
+    // A duplicate of the socket for the answering threads (see `Replies`).
+    let duplicated = stream
+        .into_std()
+        .and_then(|s| Ok((s.try_clone()?, TcpStream::from_std(s)?)));
+    let (dup, stream) = match duplicated {
+        Ok(both) => both,
         Err(e) => {
             tracing::debug!(error = %e, "cannot duplicate a connection's socket; closed");
             return;
         }
     };
-    let (dup, stream) = socket;
     let (rd, wr) = stream.into_split();
     let (tx, rx) = unbounded_channel();
     let queued = Arc::new(Mutex::new(0));
@@ -442,15 +435,13 @@ async fn write_loop(
         }
         buf.clear();
         slots.clear();
-        if !close {
-            // (After the last reply the count stays up: nothing is written after it.)
-            let mut count = lock_count(&queued);
-            *count = count.saturating_sub(taken);
-        }
         if close {
+            // The count stays up: nothing is written after the last reply.
             let _ = wr.shutdown().await;
             return;
         }
+        let mut count = lock_count(&queued);
+        *count = count.saturating_sub(taken);
     }
 }
 
