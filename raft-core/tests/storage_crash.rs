@@ -51,8 +51,34 @@ fn snap(index: Index, term: Term) -> Snapshot {
     }
 }
 
+/// Without reserved space, so that a segment file's length is the log's.
+fn plain() -> StorageOptions {
+    StorageOptions {
+        preallocate_bytes: 0,
+        ..StorageOptions::default()
+    }
+}
+
 fn small(segment_bytes: u64) -> StorageOptions {
-    StorageOptions { segment_bytes }
+    StorageOptions {
+        segment_bytes,
+        ..plain()
+    }
+}
+
+/// `opts` reserving `step` bytes of file space at a time.
+fn reserving(opts: StorageOptions, step: u64) -> StorageOptions {
+    StorageOptions {
+        preallocate_bytes: step,
+        ..opts
+    }
+}
+
+/// Appends `n` zero bytes to `path`: what space reserved and never written reads as.
+fn pad_with_zeros(path: &Path, n: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes.resize(bytes.len() + n, 0);
+    fs::write(path, bytes).unwrap();
 }
 
 /// What a node has on disk: the simulator's reference model is the oracle.
@@ -114,7 +140,7 @@ fn name(p: &Path) -> String {
 #[test]
 fn entries_hard_state_and_snapshot_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    let (mut s, st) = open(dir.path(), plain());
     assert_eq!(st, State::default());
     let mut m = State::default();
     let mut step = |s: &mut DiskStorage, h: Option<HardState>, e: Vec<Entry>| {
@@ -127,13 +153,13 @@ fn entries_hard_state_and_snapshot_survive_reopen() {
     step(&mut s, None, vec![]);
     let mut m = step(&mut s, Some(hs(2, 8)), vec![]);
     drop(s);
-    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    let (mut s, st) = open(dir.path(), plain());
     assert_eq!(st, m.recovered());
 
     s.compact(&snap(4, 1)).unwrap();
     m.compact(&snap(4, 1));
     drop(s);
-    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    let (mut s, st) = open(dir.path(), plain());
     assert_eq!(st, m.recovered());
     assert_eq!(st.entries.first().map(|e| e.index), Some(5));
 
@@ -192,14 +218,14 @@ fn suffix_replacement_survives_reopen_across_segments() {
 fn leader_snapshot_keeps_the_suffix_only_if_its_entry_matches() {
     // Matching: the stored entry at 5 has term 1.
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(dir.path(), StorageOptions::default());
+    let (mut s, _) = open(dir.path(), plain());
     let mut m = State::default();
     s.persist(Some(hs(1, 0)), None, &ents(1..=10, 1)).unwrap();
     m.persist(Some(hs(1, 0)), None, &ents(1..=10, 1));
     s.persist(Some(hs(1, 5)), Some(&snap(5, 1)), &[]).unwrap();
     m.persist(Some(hs(1, 5)), Some(&snap(5, 1)), &[]);
     drop(s);
-    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    let (mut s, st) = open(dir.path(), plain());
     assert_eq!(st, m.recovered());
     assert_eq!(st.entries, ents(6..=10, 1));
     assert_eq!(st.snapshot, Some(snap(5, 1)));
@@ -218,14 +244,14 @@ fn leader_snapshot_keeps_the_suffix_only_if_its_entry_matches() {
 
     // Not matching: the stored entry at 5 has term 1, the snapshot says 2.
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(dir.path(), StorageOptions::default());
+    let (mut s, _) = open(dir.path(), plain());
     let mut m = State::default();
     s.persist(Some(hs(1, 0)), None, &ents(1..=10, 1)).unwrap();
     m.persist(Some(hs(1, 0)), None, &ents(1..=10, 1));
     s.persist(Some(hs(2, 5)), Some(&snap(5, 2)), &[]).unwrap();
     m.persist(Some(hs(2, 5)), Some(&snap(5, 2)), &[]);
     drop(s);
-    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    let (mut s, st) = open(dir.path(), plain());
     assert_eq!(st, m.recovered());
     assert!(st.entries.is_empty());
     s.persist(None, None, &ents(6..=7, 2)).unwrap();
@@ -235,7 +261,7 @@ fn leader_snapshot_keeps_the_suffix_only_if_its_entry_matches() {
         .unwrap();
     m.persist(Some(hs(3, 12)), Some(&snap(12, 3)), &ents(13..=14, 3));
     drop(s);
-    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    let (mut s, st) = open(dir.path(), plain());
     assert_eq!(st, m.recovered());
     assert_eq!(st.entries, ents(13..=14, 3));
     // An older snapshot is refused.
@@ -295,10 +321,53 @@ fn rollover_and_compaction_delete_old_segments() {
     assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
 }
 
+/// Reserving space changes the files' lengths and nothing else: across rollovers and
+/// reopens (which must go on writing at the log's end, not the file's), each segment holds
+/// what the plain log's does, followed by zeros.
+#[test]
+fn a_reserving_log_writes_what_a_plain_one_does_followed_by_zeros() {
+    let plain_dir = tempfile::tempdir().unwrap();
+    let reserving_dir = tempfile::tempdir().unwrap();
+    let opts = small(1000);
+    let mut next = 1;
+    let mut reserved = 0;
+    for reopen in 0..4 {
+        let (mut p, from_plain) = open(plain_dir.path(), opts);
+        let (mut r, from_reserving) = open(reserving_dir.path(), reserving(opts, 256));
+        assert_eq!(from_plain, from_reserving, "reopen {reopen}");
+        for _ in 0..6 {
+            let e = ents(next..=next + 1, 1);
+            p.persist(Some(hs(1, next)), None, &e).unwrap();
+            r.persist(Some(hs(1, next)), None, &e).unwrap();
+            next += 2;
+        }
+        assert_eq!(p.log_bytes(), r.log_bytes());
+        drop((p, r));
+        let (ps, rs) = (segments(plain_dir.path()), segments(reserving_dir.path()));
+        assert_eq!(
+            ps.iter().map(|p| name(p)).collect::<Vec<_>>(),
+            rs.iter().map(|p| name(p)).collect::<Vec<_>>()
+        );
+        for (pp, rp) in ps.iter().zip(&rs) {
+            let (pb, rb) = (fs::read(pp).unwrap(), fs::read(rp).unwrap());
+            assert!(rb.len() >= pb.len(), "{}", name(rp));
+            assert_eq!(rb[..pb.len()], pb[..], "{}", name(rp));
+            assert!(rb[pb.len()..].iter().all(|&b| b == 0), "{}", name(rp));
+            reserved += rb.len() - pb.len();
+        }
+    }
+    assert!(segments(plain_dir.path()).len() > 1, "the log rolled over");
+    assert!(reserved > 0, "space was reserved");
+    assert_eq!(
+        try_open(reserving_dir.path()).unwrap(),
+        try_open(plain_dir.path()).unwrap()
+    );
+}
+
 #[test]
 fn group_commit_makes_writes_durable_only_at_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(dir.path(), StorageOptions::default());
+    let (mut s, _) = open(dir.path(), plain());
     let mut m = State::default();
     s.persist(Some(hs(1, 0)), None, &ents(1..=2, 1)).unwrap();
     m.persist(Some(hs(1, 0)), None, &ents(1..=2, 1));
@@ -329,7 +398,7 @@ fn group_commit_makes_writes_durable_only_at_sync() {
 fn a_snapshot_written_elsewhere_is_recorded_after_later_entries() {
     use weft_raft::node::LogStore;
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(dir.path(), StorageOptions::default());
+    let (mut s, _) = open(dir.path(), plain());
     let mut m = State::default();
     s.persist(Some(hs(1, 8)), None, &ents(1..=8, 1)).unwrap();
     m.persist(Some(hs(1, 8)), None, &ents(1..=8, 1));
@@ -346,7 +415,7 @@ fn a_snapshot_written_elsewhere_is_recorded_after_later_entries() {
     m.compact(&snap(5, 1));
     s.sync().unwrap();
     drop(s);
-    let (mut s, st) = open(dir.path(), StorageOptions::default());
+    let (mut s, st) = open(dir.path(), plain());
     assert_eq!(st, m.recovered());
     assert_eq!(st.entries.first().map(|e| e.index), Some(6));
     assert_eq!(st.entries.last().map(|e| e.index), Some(10));
@@ -426,10 +495,17 @@ fn crash_steps() -> Vec<Step> {
 
 #[test]
 fn a_crash_at_every_byte_of_the_tail_recovers_the_synced_prefix() {
-    for opts in [StorageOptions::default(), small(200)] {
+    // With reserved space (`pad` > 0), what a crash leaves is the written prefix followed
+    // by the zeros of the space never written; the node reopens reserving space too.
+    for (opts, pad) in [
+        (plain(), 0),
+        (small(200), 0),
+        (reserving(plain(), 8 << 20), 4096),
+        (reserving(small(200), 64), 90),
+    ] {
         let src = tempfile::tempdir().unwrap();
         let steps = crash_steps();
-        let (history, snaps) = run(src.path(), opts, &steps);
+        let (history, snaps) = run(src.path(), reserving(opts, 0), &steps);
         let newest = segments(src.path()).pop().unwrap();
         let newest_name = name(&newest);
         assert_eq!(newest_name, history.last().unwrap().0);
@@ -443,10 +519,15 @@ fn a_crash_at_every_byte_of_the_tail_recovers_the_synced_prefix() {
         let work = tempfile::tempdir().unwrap();
         for cut in 0..=full.len() {
             // Only the bytes before `cut` reached the disk: every batch that ended there.
-            // None: the crash came while the directory itself was being created.
+            // None: the crash came while the directory itself was being created. Reserved
+            // space reads as zeros, so zero bytes just after the cut are there as well.
+            let on_disk = match pad {
+                0 => cut,
+                _ => cut + full[cut..].iter().take_while(|&&b| b == 0).count(),
+            };
             let k = history
                 .iter()
-                .rposition(|(seg, len, _, _)| *seg < newest_name || *len <= cut as u64);
+                .rposition(|(seg, len, _, _)| *seg < newest_name || *len <= on_disk as u64);
             let fresh = State::default();
             let want = k.map_or(&fresh, |k| &history[k].2);
             // The crash came while step k+1 was written: the older segments are as they
@@ -457,6 +538,11 @@ fn a_crash_at_every_byte_of_the_tail_recovers_the_synced_prefix() {
                 fs::remove_file(f).unwrap();
             }
             fs::write(work.path().join(&newest_name), &full[..cut]).unwrap();
+            if pad > 0 {
+                for seg in segments(work.path()) {
+                    pad_with_zeros(&seg, pad);
+                }
+            }
             let mut present = k.map_or(vec![], |k| history[k].3.clone());
             if let Some(sn) = k.and_then(|k| steps.get(k)).and_then(|s| s.1.as_ref()) {
                 present.push(format!(
@@ -468,7 +554,12 @@ fn a_crash_at_every_byte_of_the_tail_recovers_the_synced_prefix() {
                 fs::write(work.path().join(n), bytes).unwrap();
             }
             let got = try_open(work.path()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-            assert_eq!(&got, want, "{newest_name} cut at {cut} of {}", full.len());
+            assert_eq!(
+                &got,
+                want,
+                "{newest_name} cut at {cut} of {}, {pad} zeros after",
+                full.len()
+            );
             assert_eq!(
                 snapshot_files(work.path()).len(),
                 usize::from(want.snapshot.is_some())
@@ -494,7 +585,7 @@ fn a_bit_flip_in_the_last_record_is_a_torn_tail_elsewhere_a_refusal() {
         (Some(hs(2, 3)), None, ents(4..=4, 2), false),
         (Some(hs(3, 4)), None, ents(5..=6, 3), false),
     ];
-    let (history, _) = run(src.path(), StorageOptions::default(), &steps);
+    let (history, _) = run(src.path(), plain(), &steps);
     let seg = segments(src.path())[0].clone();
     let full = fs::read(&seg).unwrap();
     // Record starts: the head after the header, then every batch.
@@ -504,6 +595,18 @@ fn a_bit_flip_in_the_last_record_is_a_torn_tail_elsewhere_a_refusal() {
     let last_start = *starts.last().unwrap();
     let work = tempfile::tempdir().unwrap();
     let path = work.path().join(name(&seg));
+    // A flip in reserved space after the last record damages nothing written: the tail
+    // from there is dropped, the whole log stays.
+    for pos in full.len()..full.len() + 64 {
+        copy_dir(src.path(), work.path());
+        pad_with_zeros(&path, 64);
+        let mut bad = fs::read(&path).unwrap();
+        bad[pos] ^= 1 << (pos % 8);
+        fs::write(&path, &bad).unwrap();
+        let got = try_open(work.path()).unwrap_or_else(|e| panic!("flip at {pos}: {e}"));
+        assert_eq!(got, history.last().unwrap().2, "flip at {pos}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), full.len() as u64);
+    }
     for pos in 0..full.len() {
         copy_dir(src.path(), work.path());
         let mut bad = full.clone();
@@ -611,13 +714,12 @@ fn a_lost_segment_refuses_to_start() {
 #[test]
 fn a_directory_of_another_cluster_or_node_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(dir.path(), StorageOptions::default());
+    let (mut s, _) = open(dir.path(), plain());
     s.persist(Some(hs(1, 0)), None, &ents(1..=3, 1)).unwrap();
     drop(s);
     let before = fs::read(&segments(dir.path())[0]).unwrap();
     for (cluster, node) in [(CLUSTER + 1, NODE), (CLUSTER, NodeId(4))] {
-        let err =
-            DiskStorage::open(dir.path(), cluster, node, StorageOptions::default()).unwrap_err();
+        let err = DiskStorage::open(dir.path(), cluster, node, plain()).unwrap_err();
         assert!(matches!(err, StorageError::WrongIdentity { .. }), "{err}");
         let msg = err.to_string();
         assert!(msg.contains("belongs to cluster"), "{msg}");
@@ -668,7 +770,7 @@ fn framed(kind: u8, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn the_test_crc_matches_the_header_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path(), StorageOptions::default()));
+    drop(open(dir.path(), plain()));
     let bytes = fs::read(&segments(dir.path())[0]).unwrap();
     assert_eq!(bytes[..HEADER_LEN], header(1)[..]);
 }
@@ -746,9 +848,12 @@ proptest! {
 
     /// Random Readies, compactions and reopens against the reference model.
     #[test]
-    fn random_operations_match_the_model(ops in proptest::collection::vec((0u8..6, 0u64..4, 1u64..4), 1..30)) {
+    fn random_operations_match_the_model(
+        ops in proptest::collection::vec((0u8..6, 0u64..4, 1u64..4), 1..30),
+        reserve in prop_oneof![Just(0u64), 1u64..200],
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let opts = small(180);
+        let opts = reserving(small(180), reserve);
         let (mut s, _) = open(dir.path(), opts);
         let mut m = State::default();
         let mut term = 1;
@@ -794,7 +899,11 @@ proptest! {
                     prop_assert_eq!(&st, &m.recovered());
                 }
             }
-            prop_assert_eq!(s.log_bytes(), disk_bytes(dir.path()));
+            if reserve == 0 {
+                prop_assert_eq!(s.log_bytes(), disk_bytes(dir.path()));
+            } else {
+                prop_assert!(s.log_bytes() <= disk_bytes(dir.path()));
+            }
         }
         drop(s);
         prop_assert_eq!(try_open(dir.path()).unwrap(), m.recovered());
