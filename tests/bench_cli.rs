@@ -126,6 +126,13 @@ fn a_small_matrix_and_election_trials_on_local_clusters() {
     let p50 = r["cells"][0]["latency"]["p50_ns"].as_u64().unwrap();
     let ratio = format!("{:.2} ×", p50 as f64 / (rtt + sync) as f64);
     assert!(table.contains(&ratio), "{ratio} not in {table}");
+    // And against the floor with one file per node synced at once.
+    let shared = &b["shared_fdatasync"][0];
+    assert_eq!(shared["writers"].as_u64(), Some(3), "{b}");
+    let shared_sync = shared["fdatasync"]["p50_ns"].as_u64().unwrap();
+    let ratio = format!("{:.2} ×", p50 as f64 / (rtt + shared_sync) as f64);
+    assert!(table.contains(&ratio), "{ratio} not in {table}");
+    assert!(table.contains("3 at once p50"), "{table}");
     // So is the ceiling, once per client count of the matrix.
     let ceilings = b["echo_ceiling"].as_array().unwrap();
     let counts: Vec<u64> = ceilings

@@ -1,7 +1,9 @@
 //! What a durable write cannot beat, measured in the same run as the matrix (these
 //! machines are shared and noisy, so a figure is only quoted against a baseline taken
 //! beside it): a loopback TCP round trip, as a client's request and answer make, and one
-//! `fdatasync` of a small append in the directory the nodes write to; and, for each client
+//! `fdatasync` of a small append in the directory the nodes write to, into reserved space
+//! as the log appends; the same with as many files synced at once as a local cluster has
+//! nodes (they share one disk here, which no real deployment does); and, for each client
 //! count of the matrix, the request rate that many clients (with as many requests in flight
 //! each as the matrix's clients keep) reach against a server that does nothing but answer
 //! (the ceiling a replicated write cannot pass on this machine, since every put pays the
@@ -10,6 +12,7 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -33,10 +36,23 @@ const CEILING_RUN: Duration = Duration::from_millis(1500);
 pub struct Baseline {
     /// Loopback TCP round trips of a `MESSAGE`-byte request and its echo.
     pub tcp_round_trip: Summary,
-    /// `fdatasync` after appending `MESSAGE` bytes to a file beside the nodes' data.
+    /// `fdatasync` after appending `MESSAGE` bytes to a file beside the nodes' data, into
+    /// space reserved ahead as the log's segments do.
     pub fdatasync: Summary,
+    /// The same, with one file per node synced at once, by server count of the matrix.
+    pub shared_fdatasync: Vec<SharedSync>,
     /// Echoes per second that many closed-loop clients reach, by client count.
     pub echo_ceiling: Vec<Ceiling>,
+}
+
+/// `fdatasync` latency while `writers` threads each append to and sync their own file in
+/// the same directory, as the nodes of a local cluster do on one disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct SharedSync {
+    /// Files synced at once.
+    pub writers: u32,
+    /// Every sync of every writer.
+    pub fdatasync: Summary,
 }
 
 /// The request rate of `clients` clients, one connection and `in_flight` `MESSAGE`-byte
@@ -56,6 +72,31 @@ impl Baseline {
     /// Loopback round trip plus one fdatasync, medians, in nanoseconds: the floor.
     pub fn floor_ns(&self) -> u64 {
         self.tcp_round_trip.p50_ns + self.fdatasync.p50_ns
+    }
+
+    /// Loopback round trip plus one fdatasync with `servers` files syncing at once,
+    /// medians, in nanoseconds, if that was measured: the floor of a local cluster whose
+    /// nodes share one disk.
+    pub fn shared_floor_ns(&self, servers: u32) -> Option<u64> {
+        self.shared_fdatasync
+            .iter()
+            .find(|s| s.writers == servers)
+            .map(|s| self.tcp_round_trip.p50_ns + s.fdatasync.p50_ns)
+    }
+
+    /// The shared syncs as `N at once: p50 X ms` items, for the logs and the summary.
+    pub fn shared_line(&self) -> String {
+        self.shared_fdatasync
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} at once p50 {:.3} ms",
+                    s.writers,
+                    s.fdatasync.p50_ns as f64 / 1e6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The echo ceiling measured for `clients`, if it was.
@@ -82,15 +123,34 @@ impl Baseline {
             .join(", ")
     }
 
-    /// Measures the floor in `dir` (created if missing) and the ceiling for each of
-    /// `clients` with `in_flight` requests each.
-    pub fn measure(dir: &Path, clients: &[u32], in_flight: u32) -> anyhow::Result<Baseline> {
-        let mut counts = clients.to_vec();
-        counts.sort_unstable();
-        counts.dedup();
+    /// Measures the floor in `dir` (created if missing), the shared sync for each of
+    /// `servers` and the ceiling for each of `clients` with `in_flight` requests each.
+    pub fn measure(
+        dir: &Path,
+        servers: &[u32],
+        clients: &[u32],
+        in_flight: u32,
+    ) -> anyhow::Result<Baseline> {
+        let distinct = |v: &[u32]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let counts = distinct(clients);
         Ok(Baseline {
             tcp_round_trip: tcp_round_trip()?,
-            fdatasync: fdatasync(dir)?,
+            fdatasync: fdatasync(dir, 1)?,
+            shared_fdatasync: distinct(servers)
+                .into_iter()
+                .filter(|&n| n > 1)
+                .map(|writers| {
+                    Ok(SharedSync {
+                        writers,
+                        fdatasync: fdatasync(dir, writers)?,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
             echo_ceiling: counts
                 .into_iter()
                 .map(|c| echo_ceiling(c, in_flight, CEILING_RUN))
@@ -205,26 +265,50 @@ fn echo_ceiling(clients: u32, in_flight: u32, run: Duration) -> anyhow::Result<C
     })
 }
 
-fn fdatasync(dir: &Path) -> anyhow::Result<Summary> {
+/// `SYNCS` measured syncs of each of `writers` threads, each appending `MESSAGE` bytes
+/// at a time to its own file in `dir`, into space reserved beforehand (as the log does;
+/// where the file system cannot reserve, plain appends).
+fn fdatasync(dir: &Path, writers: u32) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join("fdatasync-baseline");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let start = Arc::new(Barrier::new(writers as usize));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let path = dir.join(format!("fdatasync-baseline-{w}"));
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                let total = SYNCS + SYNCS / 10;
+                let _ = weft_raft::storage::preallocate(&f, 0, (total * MESSAGE) as u64);
+                f.sync_all()?;
+                let record = [0x5au8; MESSAGE];
+                let mut took = Vec::with_capacity(SYNCS);
+                start.wait();
+                for i in 0..total {
+                    f.write_all_at(&record, (i * MESSAGE) as u64)?;
+                    let t = Instant::now();
+                    f.sync_data()?;
+                    if i >= SYNCS / 10 {
+                        took.push(t.elapsed());
+                    }
+                }
+                drop(f);
+                let _ = std::fs::remove_file(&path);
+                Ok(took)
+            })
+        })
+        .collect();
     let mut rec = Recorder::new()?;
-    let record = [0x5au8; MESSAGE];
-    for i in 0..SYNCS + SYNCS / 10 {
-        f.write_all(&record)?;
-        let t = Instant::now();
-        f.sync_data()?;
-        if i >= SYNCS / 10 {
-            rec.record(t.elapsed());
-        }
+    for t in threads {
+        let took = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a sync thread panicked"))??;
+        took.into_iter().for_each(|d| rec.record(d));
     }
-    drop(f);
-    let _ = std::fs::remove_file(&path);
     rec.summary().context("no fdatasync recorded")
 }
 
@@ -235,9 +319,24 @@ mod tests {
     #[test]
     fn measures_a_round_trip_and_a_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Baseline::measure(dir.path(), &[2, 1, 2], 1).unwrap();
+        let b = Baseline::measure(dir.path(), &[3, 1, 3], &[2, 1, 2], 1).unwrap();
         assert_eq!(b.tcp_round_trip.count, SAMPLES as u64);
         assert_eq!(b.fdatasync.count, SYNCS as u64);
+        let shared: Vec<(u32, u64)> = b
+            .shared_fdatasync
+            .iter()
+            .map(|s| (s.writers, s.fdatasync.count))
+            .collect();
+        assert_eq!(
+            shared,
+            [(3, 3 * SYNCS as u64)],
+            "every writer's syncs, once per count"
+        );
+        assert_eq!(
+            b.shared_floor_ns(3),
+            Some(b.tcp_round_trip.p50_ns + b.shared_fdatasync[0].fdatasync.p50_ns)
+        );
+        assert_eq!(b.shared_floor_ns(1), None);
         assert!(b.tcp_round_trip.p50_ns > 0 && b.fdatasync.p50_ns > 0);
         assert_eq!(b.floor_ns(), b.tcp_round_trip.p50_ns + b.fdatasync.p50_ns);
         let counts: Vec<u32> = b.echo_ceiling.iter().map(|c| c.clients).collect();

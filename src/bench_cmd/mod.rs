@@ -53,11 +53,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let work = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
     // The floor, on the file system the local nodes write to, and the ceiling.
-    let floor = baseline::Baseline::measure(&work.join("baseline"), &args.clients, args.pipeline)?;
+    let floor = baseline::Baseline::measure(
+        &work.join("baseline"),
+        &args.servers,
+        &args.clients,
+        args.pipeline,
+    )?;
     eprintln!(
-        "bench: floor: loopback TCP round trip p50 {:.3} ms, fdatasync p50 {:.3} ms; echo ceiling: {}",
+        "bench: floor: loopback TCP round trip p50 {:.3} ms, fdatasync p50 {:.3} ms ({}); echo ceiling: {}",
         floor.tcp_round_trip.p50_ns as f64 / 1e6,
         floor.fdatasync.p50_ns as f64 / 1e6,
+        floor.shared_line(),
         floor.ceiling_line()
     );
     report.baseline = Some(floor);

@@ -77,9 +77,14 @@ impl Report {
     pub fn table(&self) -> String {
         // A pipelined run shows its clients as `clients×in flight`.
         let mut t = String::from(
-            "servers clients entries  size  duration(s)  client mean±std (s)   req/s  of ceiling   ms/req   p50 ms   p99 ms  p99.9 ms  p50/floor  leader disk\n",
+            "servers clients entries  size  duration(s)  client mean±std (s)   req/s  of ceiling   ms/req   p50 ms   p99 ms  p99.9 ms  p50/floor  p50/shared  leader disk\n",
         );
         let floor = self.baseline.as_ref().map(Baseline::floor_ns);
+        let ratio = |p50: u64, f: Option<u64>| {
+            f.map_or("-".into(), |f| {
+                format!("{:.2} ×", p50 as f64 / f.max(1) as f64)
+            })
+        };
         for c in &self.cells {
             let disk = c.leader_disk_bytes.map_or("-".into(), |b| match b {
                 0..1_048_576 => format!("{:.0} KiB", b as f64 / 1024.0),
@@ -87,7 +92,7 @@ impl Report {
             });
             let _ = writeln!(
                 t,
-                "{:>7} {:>7} {:>7} {:>5} {:>12.3} {:>10.3} ± {:<8.3} {:>7.0} {:>11} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>10}  {disk}{}",
+                "{:>7} {:>7} {:>7} {:>5} {:>12.3} {:>10.3} ± {:<8.3} {:>7.0} {:>11} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>10} {:>11}  {disk}{}",
                 c.servers,
                 match c.pipeline {
                     1 => c.clients.to_string(),
@@ -110,10 +115,13 @@ impl Report {
                 ms(c.latency.p50_ns),
                 ms(c.latency.p99_ns),
                 ms(c.latency.p999_ns),
-                floor.map_or("-".into(), |f| format!(
-                    "{:.2} ×",
-                    c.latency.p50_ns as f64 / f.max(1) as f64
-                )),
+                ratio(c.latency.p50_ns, floor),
+                ratio(
+                    c.latency.p50_ns,
+                    self.baseline
+                        .as_ref()
+                        .and_then(|b| b.shared_floor_ns(c.servers))
+                ),
                 match &c.first_error {
                     Some(why) if c.errors > 0 => format!("  ({} failed; the first: {why})", c.errors),
                     _ => String::new(),
@@ -128,6 +136,13 @@ impl Report {
                 ms(b.fdatasync.p50_ns),
                 ms(b.floor_ns())
             );
+            if !b.shared_fdatasync.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "shared floor (one file per node synced at once, as a local cluster's nodes share this disk): fdatasync {}",
+                    b.shared_line()
+                );
+            }
             let _ = writeln!(
                 t,
                 "ceiling (the same clients against a loopback TCP echo server): {}",
