@@ -240,6 +240,10 @@ enum Request {
 pub struct NodeHandle {
     id: NodeId,
     tx: Sender<Request>,
+    /// The queue's other end, to refuse what is left in it once the node is gone: a
+    /// bounded channel keeps its messages (and the answers they carry) until the last
+    /// sender goes, so nobody would answer them otherwise.
+    rx: Receiver<Request>,
     /// Runs the pass that takes a request on the submitting thread (see `Core`): the
     /// client service's thread proposes the write itself instead of waking the Raft
     /// thread. Weak, so that handles do not keep a stopped node's runtime alive.
@@ -254,9 +258,32 @@ impl NodeHandle {
 
     fn submit(&self, r: Request) {
         match self.tx.try_send(r) {
-            Ok(()) => Core::pass_here(&self.core),
+            Ok(()) => self.pass_here(),
+            Err(TrySendError::Full(r)) if self.stopped() => {
+                self.refuse_queued();
+                fail(r, NodeError::Stopped);
+            }
             Err(TrySendError::Full(r)) => fail(r, NodeError::Busy),
             Err(TrySendError::Disconnected(r)) => fail(r, NodeError::Stopped),
+        }
+    }
+
+    /// Runs a pass for what was just queued, or refuses it if the node is gone.
+    fn pass_here(&self) {
+        if !Core::pass_here(&self.core) {
+            self.refuse_queued();
+        }
+    }
+
+    /// Whether the node's runtime is gone.
+    fn stopped(&self) -> bool {
+        self.core.strong_count() == 0
+    }
+
+    /// Answers everything still queued for a node that is gone.
+    fn refuse_queued(&self) {
+        while let Ok(r) = self.rx.try_recv() {
+            fail(r, NodeError::Stopped);
         }
     }
 
@@ -319,11 +346,15 @@ impl NodeHandle {
 
     /// The node's diagnostic, or `None` if it stopped.
     pub fn status(&self) -> Option<Status> {
+        if self.stopped() {
+            self.refuse_queued();
+            return None;
+        }
         let (tx, rx) = bounded(1);
         // Waits for room in a full queue: a busy node is not a stopped one.
         let wait = Duration::from_secs(5);
         self.tx.send_timeout(Request::Status(tx), wait).ok()?;
-        Core::pass_here(&self.core);
+        self.pass_here();
         rx.recv_timeout(wait).ok()
     }
 }
@@ -369,6 +400,7 @@ impl Node {
         let raw = RawNode::new(raft, cfg.bootstrap.clone(), recovered)
             .map_err(|e| NodeError::Refused(e.to_string()))?;
         let (tx, rx) = bounded(cfg.queue.max(1));
+        let queued = rx.clone();
         let (stop, stopped) = bounded(1);
         let shared = Arc::new(Mutex::new(None));
         let transport: Arc<dyn Transport> = Arc::from(transport);
@@ -389,7 +421,7 @@ impl Node {
             storage: None,
             inbox: transport.inbox().clone(),
             mail,
-            transport: Arc::clone(&transport),
+            transport: Some(Arc::clone(&transport)),
             requests: rx,
             writes: HashMap::new(),
             reads: HashMap::new(),
@@ -437,7 +469,12 @@ impl Node {
             .spawn(move || raft_thread(core, &transport, &rung, &stopped))
             .map_err(|e| NodeError::Refused(format!("cannot start the node thread: {e}")))?;
         Ok(Node {
-            handle: NodeHandle { id, tx, core: weak },
+            handle: NodeHandle {
+                id,
+                tx,
+                rx: queued,
+                core: weak,
+            },
             stop,
             thread: Some(thread),
             shared,
@@ -534,7 +571,10 @@ struct Runtime {
     inbox: Receiver<Delivery>,
     /// What the transport's receive thread handed over (see [`Core::pass_here`]).
     mail: Receiver<Delivery>,
-    transport: Arc<dyn Transport>,
+    /// `None` once the node stopped: the Raft thread lets go of it then, so that the
+    /// transport (a bound socket) is gone when the node's drop returns, even if a
+    /// handle's pass still holds the rest of the runtime for a moment.
+    transport: Option<Arc<dyn Transport>>,
     requests: Receiver<Request>,
     /// Writes proposed here, by log index: the term they were proposed in, when, and the
     /// answer.
@@ -594,12 +634,15 @@ impl Core {
     /// Runs a pass on this thread for work just queued, unless another thread holds the
     /// runtime: that one then runs it after its own pass (see `take_pending`). Never waits
     /// for the lock, so no receive or storage thread waits behind a pass. Nothing to do
-    /// once the node is gone (`core` is held weakly by everything outside the node).
-    fn pass_here(core: &Weak<Core>) {
-        if let Some(core) = core.upgrade() {
-            core.pending.store(true, Ordering::SeqCst);
-            core.take_pending();
-        }
+    /// once the node is gone (`core` is held weakly by everything outside the node):
+    /// returns whether it was still there.
+    fn pass_here(core: &Weak<Core>) -> bool {
+        let Some(core) = core.upgrade() else {
+            return false;
+        };
+        core.pending.store(true, Ordering::SeqCst);
+        core.take_pending();
+        true
     }
 
     /// Runs passes here while work is pending and nobody else holds the runtime, at most
@@ -695,11 +738,13 @@ fn raft_thread(
             runtime.guarded(|r| r.take(event).is_err_and(|e| r.halt(e)) || r.pass_or_halt());
         }
     }
-    // No sink runs after this returns, so the last reference to the core (and the
-    // transport) goes here, never on the receive thread.
+    // No sink runs after this returns. The transport goes with this thread (the
+    // runtime lets go of it below), never on its own receive thread; a handle's pass
+    // that still holds the core finds the node halted and no transport.
     transport.divert(None);
     let mut runtime = core.lock();
     runtime.halted = true;
+    runtime.transport = None;
     runtime.fail_all(NodeError::Stopped);
     // The storage thread finishes what it was given and the backlog (nothing
     // acknowledged depends on them: an answered write is durable on a majority), then
@@ -716,11 +761,13 @@ fn raft_thread(
     if let Some(t) = storage {
         let _ = t.join();
     }
-    // A handle's pass may still hold the core for a moment (it finds the node halted);
-    // wait for it, so that the runtime and its transport (a bound socket) are dropped
-    // before the node's drop returns.
-    while Arc::strong_count(&core) > 1 {
-        std::thread::yield_now();
+}
+
+/// A runtime dropped with requests still queued (sent while the node stopped) answers
+/// them: nothing else would.
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.fail_all(NodeError::Stopped);
     }
 }
 
@@ -849,7 +896,7 @@ impl Runtime {
                         store.sync()?;
                     }
                 }
-                send_messages(&*self.transport, &p.messages);
+                self.send_all(&p.messages);
                 self.raw.on_persisted(&p.durable);
                 Ok(())
             }
@@ -891,7 +938,11 @@ impl Runtime {
     fn on_delivery(&mut self, d: Delivery) {
         match Message::from_delivery(&d, self.raw.id()) {
             Ok(m) => {
-                if m.from != d.from && self.transport.capabilities().authenticated_source {
+                let authenticated = self
+                    .transport
+                    .as_ref()
+                    .is_some_and(|t| t.capabilities().authenticated_source);
+                if m.from != d.from && authenticated {
                     tracing::warn!(claimed = %m.from, actual = %d.from, "message claims another sender; dropped");
                     return;
                 }
@@ -998,7 +1049,10 @@ impl Runtime {
     /// Follows the fabric's guarantees as they change (before each tick, so before any
     /// election the tick may start).
     fn follow_fabric(&mut self) {
-        if !self.raw.adapt_to_fabric(self.transport.capabilities()) {
+        let Some(transport) = &self.transport else {
+            return;
+        };
+        if !self.raw.adapt_to_fabric(transport.capabilities()) {
             return;
         }
         let ordered = self.raw.ordered_election();
@@ -1024,8 +1078,15 @@ impl Runtime {
             reads_per_s: self.rates.series(READS),
             writes_per_s: self.rates.series(WRITES),
             appends_per_s: self.rates.series(APPENDS),
-            clock_offsets: self.transport.clock_offsets(),
-            total_order: self.transport.capabilities().total_order,
+            clock_offsets: self
+                .transport
+                .as_ref()
+                .map(|t| t.clock_offsets())
+                .unwrap_or_default(),
+            total_order: self
+                .transport
+                .as_ref()
+                .is_some_and(|t| t.capabilities().total_order),
             ordered_elections: self.raw.ordered_election(),
         }
     }
@@ -1088,7 +1149,9 @@ impl Runtime {
     }
 
     fn send_all(&self, messages: &[Message]) {
-        send_messages(&*self.transport, messages);
+        if let Some(transport) = &self.transport {
+            send_messages(&**transport, messages);
+        }
     }
 
     fn apply(&mut self, e: &Entry) {

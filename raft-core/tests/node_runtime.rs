@@ -2,6 +2,8 @@
 //! linearizable reads, a leader crash in the middle, and retries that apply once; and the
 //! same cluster on the emulated RDMA and Data Vortex fabrics and on `ptp` over loopback.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -142,6 +144,60 @@ fn the_same_cluster_runs_on_udp_emulated_rdma_the_vortex_emulator_and_ptp() {
         assert!(
             h[0].as_ref().unwrap().status().is_none(),
             "a stopped node answers no status"
+        );
+    }
+}
+
+/// A handle that keeps submitting while its node stops may still hold the stopped
+/// runtime for a moment, but never the transport: the node's port is free as soon as the
+/// drop returns, every time. And whatever was queued as it stopped is refused at once
+/// (a bounded queue keeps its messages until its last sender goes, so a write's answer or
+/// a status request could otherwise wait out its 5 s timeout).
+#[test]
+fn a_stopping_node_frees_its_port_and_refuses_what_handles_keep_submitting() {
+    for round in 0..40u64 {
+        let addr = loopback_addrs(1)[0];
+        let mut cfg = TransportConfig::mem(0xA0DE_0106, NodeId(1), 1);
+        cfg.backend = BackendConfig::Udp(UdpConfig::default());
+        cfg.nodes[0].addr = addr;
+        let node = start_on(open(&cfg).unwrap(), 1, 1, |_| {});
+        let handle = node.handle();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammers: Vec<_> = (0..2)
+            .map(|k| {
+                let (h, stop) = (node.handle(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut seq = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        seq += 1;
+                        // Answers are not awaited: submitting is what races the stop.
+                        drop(h.write(put(k, seq, "k", "v")));
+                        let _ = h.status();
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20 + round % 7));
+        drop(node);
+        let bound = std::net::UdpSocket::bind(addr);
+        let stopped = Instant::now();
+        stop.store(true, Ordering::Relaxed);
+        for t in hammers {
+            t.join().unwrap();
+        }
+        bound.unwrap_or_else(|e| panic!("round {round}: the stopped node's port: {e}"));
+        let answer = handle
+            .write(put(9, 1, "k", "v"))
+            .recv_timeout(Duration::from_secs(1));
+        assert!(
+            matches!(answer, Ok(Err(NodeError::Stopped))),
+            "round {round}: {answer:?}"
+        );
+        assert!(handle.status().is_none());
+        assert!(
+            stopped.elapsed() < Duration::from_secs(3),
+            "round {round}: requests to the stopped node waited {:?}",
+            stopped.elapsed()
         );
     }
 }
@@ -333,7 +389,6 @@ fn a_request_the_cluster_cannot_answer_times_out() {
 /// elections, and the cluster keeps committing and electing.
 #[test]
 fn clocks_beyond_epsilon_turn_ordered_elections_off_and_raft_carries_on() {
-    use std::sync::Arc;
     use weft_transport::backend::ptp::PtpTransport;
     use weft_transport::clock::{Clock, ShiftedClock};
     use weft_transport::{Counters, NodeSpec};
@@ -429,7 +484,6 @@ impl weft_raft::node::LogStore for TestStore {
 #[test]
 fn a_panic_in_a_store_write_stops_the_node() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let panics: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
     let panicked: Vec<_> = (0..3)
         .map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0)))
@@ -550,7 +604,6 @@ impl Drop for Unstall {
 #[test]
 fn a_leader_with_a_stalled_disk_keeps_its_followers() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let stalls: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
     let nodes: Vec<Node> = (1..=3)
         .map(|id| {
