@@ -212,9 +212,10 @@ pub struct Status {
 }
 
 /// How the node answers a request: called exactly once, on whichever thread runs the pass
-/// that answers it (possibly inside the call that submitted the request), so it must be
-/// quick, must not block, and must not take a lock its submitter holds (push into a
-/// queue, complete a future, write to a non-blocking socket).
+/// that answers it, or refuses it once the node stopped (possibly inside the call that
+/// submitted the request, or another handle's call, or where the stopped node's runtime
+/// is dropped), so it must be quick, must not block, and must not take a lock its
+/// submitter holds (push into a queue, complete a future, write to a non-blocking socket).
 pub type Answer<T> = Box<dyn FnOnce(Result<T, NodeError>) + Send>;
 
 /// An answer delivered into a channel, for callers that wait.

@@ -348,8 +348,11 @@ fn a_reserving_log_writes_what_a_plain_one_does_followed_by_zeros() {
             ps.iter().map(|p| name(p)).collect::<Vec<_>>(),
             rs.iter().map(|p| name(p)).collect::<Vec<_>>()
         );
-        for (pp, rp) in ps.iter().zip(&rs) {
+        for (k, (pp, rp)) in ps.iter().zip(&rs).enumerate() {
             let (pb, rb) = (fs::read(pp).unwrap(), fs::read(rp).unwrap());
+            if k + 1 < rs.len() {
+                assert_eq!(rb.len(), pb.len(), "sealed {} ends at its log", name(rp));
+            }
             assert!(rb.len() >= pb.len(), "{}", name(rp));
             assert_eq!(rb[..pb.len()], pb[..], "{}", name(rp));
             assert!(rb[pb.len()..].iter().all(|&b| b == 0), "{}", name(rp));
@@ -362,6 +365,13 @@ fn a_reserving_log_writes_what_a_plain_one_does_followed_by_zeros() {
         try_open(reserving_dir.path()).unwrap(),
         try_open(plain_dir.path()).unwrap()
     );
+    // Zeros after the last record of a sealed segment are damage, not reserved space.
+    let sealed = segments(reserving_dir.path())[0].clone();
+    pad_with_zeros(&sealed, 64);
+    match try_open(reserving_dir.path()) {
+        Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, sealed),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[test]
@@ -539,9 +549,7 @@ fn a_crash_at_every_byte_of_the_tail_recovers_the_synced_prefix() {
             }
             fs::write(work.path().join(&newest_name), &full[..cut]).unwrap();
             if pad > 0 {
-                for seg in segments(work.path()) {
-                    pad_with_zeros(&seg, pad);
-                }
+                pad_with_zeros(&work.path().join(&newest_name), pad);
             }
             let mut present = k.map_or(vec![], |k| history[k].3.clone());
             if let Some(sn) = k.and_then(|k| steps.get(k)).and_then(|s| s.1.as_ref()) {

@@ -270,35 +270,44 @@ fn echo_ceiling(clients: u32, in_flight: u32, run: Duration) -> anyhow::Result<C
 /// where the file system cannot reserve, plain appends).
 fn fdatasync(dir: &Path, writers: u32) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(dir)?;
-    let start = Arc::new(Barrier::new(writers as usize));
-    let threads: Vec<_> = (0..writers)
-        .map(|w| {
-            let path = dir.join(format!("fdatasync-baseline-{w}"));
+    let total = SYNCS + SYNCS / 10;
+    // Every file is ready before any thread starts: a failure here leaves none waiting
+    // at the barrier.
+    let mut files = Vec::new();
+    for w in 0..writers {
+        let path = dir.join(format!("fdatasync-baseline-{w}"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        files.push((path, f));
+        let f = &files[files.len() - 1].1;
+        let _ = weft_raft::storage::preallocate(f, 0, (total * MESSAGE) as u64);
+        f.sync_all()?;
+    }
+    let start = Arc::new(Barrier::new(files.len()));
+    let threads: Vec<_> = files
+        .into_iter()
+        .map(|(path, f)| {
             let start = Arc::clone(&start);
-            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                let total = SYNCS + SYNCS / 10;
-                let _ = weft_raft::storage::preallocate(&f, 0, (total * MESSAGE) as u64);
-                f.sync_all()?;
+            std::thread::spawn(move || {
                 let record = [0x5au8; MESSAGE];
                 let mut took = Vec::with_capacity(SYNCS);
                 start.wait();
-                for i in 0..total {
+                let result = (0..total).try_for_each(|i| {
                     f.write_all_at(&record, (i * MESSAGE) as u64)?;
                     let t = Instant::now();
                     f.sync_data()?;
                     if i >= SYNCS / 10 {
                         took.push(t.elapsed());
                     }
-                }
+                    std::io::Result::Ok(())
+                });
                 drop(f);
                 let _ = std::fs::remove_file(&path);
-                Ok(took)
+                result.map(|()| took)
             })
         })
         .collect();

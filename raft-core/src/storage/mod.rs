@@ -44,8 +44,10 @@
 //!
 //! The newest segment reserves file space ahead of its last record
 //! ([`StorageOptions::preallocate_bytes`]) and writes each record at the log's end, not
-//! the file's: a sync then need not commit a new file length. Zeros from a record boundary
-//! to the end of a file are that unused reservation, in any segment.
+//! the file's: a sync then need not commit a new file length. In the newest segment,
+//! zeros from a record boundary to the end of the file are that unused reservation; a
+//! segment is cut back to its last record before the next one is created, so older
+//! segments end at a record.
 //!
 //! # Snapshots
 //!
@@ -70,7 +72,8 @@
 //!   valid record anywhere after it is a torn tail: it is truncated, with a
 //!   `tracing::warn!` naming the file, offset and number of bytes dropped. A newest segment
 //!   whose header or head record is torn (a crash while it was created, before anything
-//!   in it was synced) is removed the same way.
+//!   in it was synced) is removed the same way. Zeros from a record boundary to the end
+//!   of the newest segment are its reserved space: the log ends there, and they stay.
 //! - A bad record followed by any valid record, or a bad record in an older segment
 //!   (older segments are synced before the next one is created), refuses to start with
 //!   [`StorageError::Corrupt`] naming the file and offset: an acknowledged write is never
@@ -285,7 +288,8 @@ pub(crate) struct Segment {
     pub seq: u64,
     /// Its path.
     pub path: PathBuf,
-    /// Its length, bytes still buffered included.
+    /// Where its log ends (bytes still buffered included); the newest segment's file may
+    /// be longer, by the space it reserved.
     pub bytes: u64,
     /// The highest entry index written to it.
     pub max_index: Option<Index>,
@@ -611,8 +615,8 @@ impl DiskStorage {
         result
     }
 
-    /// Bytes of log on disk: the segment files, writes not yet synced included, snapshot
-    /// files not included.
+    /// Bytes of log: the records in the segment files, writes not yet synced included;
+    /// neither reserved file space nor snapshot files.
     pub fn log_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
     }
@@ -764,14 +768,12 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Seals the current segment (synced) and starts the next one.
+    /// Seals the current segment (cut to its last record, synced) and starts the next.
     fn roll(&mut self) -> Result<(), StorageError> {
         self.flush()?;
-        if self.dirty {
-            let path = self.active_path();
-            self.active.file().sync_data().map_err(io_error(&path))?;
-            self.dirty = false;
-        }
+        let path = self.active_path();
+        self.active.seal(&path)?;
+        self.dirty = false;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let head = Head {
             snapshot: self.snapshot,

@@ -222,7 +222,10 @@ pub(crate) fn parse_at(buf: &[u8], off: usize) -> Parsed {
 ///
 /// Used after a bad record: if any valid record follows it, the bad one is not a torn tail.
 pub(crate) fn find_valid_after(buf: &[u8], from: usize) -> Option<usize> {
-    (from..buf.len()).find(|&o| matches!(parse_at(buf, o), Parsed::Record(..)))
+    // A record's type byte is not zero, so none starts after the last non-zero byte (a
+    // torn tail in reserved space is followed by megabytes of zeros).
+    let last = buf.iter().rposition(|&b| b != 0)?;
+    (from..=last).find(|&o| matches!(parse_at(buf, o), Parsed::Record(..)))
 }
 
 fn le_u32(b: &[u8]) -> u32 {

@@ -237,8 +237,8 @@ pub(crate) fn replay_segments(
                     first = false;
                     off += len;
                 }
-                // Space reserved ahead of the log's end and never written.
-                Parsed::Bad(_) if data[off..].iter().all(|&b| b == 0) => break,
+                // Space the newest segment reserved ahead of the log's end, never written.
+                Parsed::Bad(_) if last && data[off..].iter().all(|&b| b == 0) => break,
                 Parsed::Bad(reason) if !last => {
                     return Err(corrupt(
                         off,
