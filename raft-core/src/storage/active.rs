@@ -9,10 +9,10 @@
 //! the log; a segment is cut back to its last record when the log moves on (see the
 //! [storage docs](super)).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
@@ -22,8 +22,11 @@ use super::{io_error, StorageError, StorageOptions};
 #[derive(Debug)]
 pub(crate) struct ActiveFile {
     file: File,
+    path: PathBuf,
     /// Where the next write goes: everything before it has been handed to the OS.
     end: u64,
+    /// Everything before this is durable (or was found on disk when the log opened).
+    synced: u64,
     /// The file's length: `end` and the reserved zeros after it.
     len: u64,
     /// How far reservations reach at most (the segment's size limit).
@@ -33,11 +36,32 @@ pub(crate) struct ActiveFile {
 }
 
 impl ActiveFile {
-    /// Wraps `file`, whose log ends at `end` and whose length is `len`.
-    pub fn new(file: File, end: u64, len: u64, opts: &StorageOptions) -> ActiveFile {
+    /// Opens the segment at `path`, whose log ends at `end` (as recovery found it).
+    pub fn open(path: &Path, end: u64, opts: &StorageOptions) -> Result<ActiveFile, StorageError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_error(path))?;
+        let len = file.metadata().map_err(io_error(path))?.len();
+        Ok(ActiveFile::new(file, path, end, len, opts))
+    }
+
+    /// Creates the segment at `path`, which must not exist.
+    pub fn create(path: &Path, opts: &StorageOptions) -> Result<ActiveFile, StorageError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_error(path))?;
+        Ok(ActiveFile::new(file, path, 0, 0, opts))
+    }
+
+    fn new(file: File, path: &Path, end: u64, len: u64, opts: &StorageOptions) -> ActiveFile {
         ActiveFile {
             file,
+            path: path.to_path_buf(),
             end,
+            synced: end,
             len: len.max(end),
             limit: opts.segment_bytes,
             step: opts.preallocate_bytes,
@@ -45,14 +69,14 @@ impl ActiveFile {
     }
 
     /// Writes `buf` at the end of the log, reserving space first if it runs past it.
-    pub fn append(&mut self, buf: &[u8], path: &Path) -> Result<(), StorageError> {
+    pub fn append(&mut self, buf: &[u8]) -> Result<(), StorageError> {
         let end = self.end + buf.len() as u64;
         if end > self.len {
-            self.reserve(end, path);
+            self.reserve(end);
         }
         self.file
             .write_all_at(buf, self.end)
-            .map_err(io_error(path))?;
+            .map_err(io_error(&self.path))?;
         self.end = end;
         self.len = self.len.max(end);
         Ok(())
@@ -61,7 +85,7 @@ impl ActiveFile {
     /// Reserves space past `end` up to the next step (at most to the segment's limit).
     /// Reserving only speeds syncs up: if the file system refuses, the log goes on
     /// without it.
-    fn reserve(&mut self, end: u64, path: &Path) {
+    fn reserve(&mut self, end: u64) {
         if self.step == 0 {
             return;
         }
@@ -72,30 +96,42 @@ impl ActiveFile {
         match preallocate(&self.file, self.len, target - self.len) {
             Ok(()) => self.len = target,
             Err(e) => {
+                let file = self.path.display();
                 if e.kind() == io::ErrorKind::Unsupported {
-                    debug!(file = %path.display(), "no file space reservation here; writing without");
+                    debug!(%file, "no file space reservation here; writing without");
                 } else {
-                    warn!(file = %path.display(), error = %e, "cannot reserve log space; writing without");
+                    warn!(%file, error = %e, "cannot reserve log space; writing without");
                 }
                 self.step = 0;
             }
         }
     }
 
+    /// Makes what was written since the last sync durable (`fdatasync`), if anything was.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.end > self.synced {
+            self.file.sync_data().map_err(io_error(&self.path))?;
+            self.synced = self.end;
+        }
+        Ok(())
+    }
+
+    /// Makes the file durable with its length and metadata (`fsync`): for a new segment.
+    pub fn sync_all(&mut self) -> Result<(), StorageError> {
+        self.file.sync_all().map_err(io_error(&self.path))?;
+        self.synced = self.end;
+        Ok(())
+    }
+
     /// Cuts off the unused reservation and syncs, before the log moves on to a new
     /// segment: a sealed segment ends at its last record, so that recovery can still
     /// refuse any damage in it, zeros included.
-    pub fn seal(&mut self, path: &Path) -> Result<(), StorageError> {
+    pub fn seal(&mut self) -> Result<(), StorageError> {
         if self.len > self.end {
-            self.file.set_len(self.end).map_err(io_error(path))?;
+            self.file.set_len(self.end).map_err(io_error(&self.path))?;
             self.len = self.end;
         }
-        self.file.sync_all().map_err(io_error(path))
-    }
-
-    /// The file, for syncing.
-    pub fn file(&self) -> &File {
-        &self.file
+        self.sync_all()
     }
 }
 

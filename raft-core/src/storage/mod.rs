@@ -307,8 +307,6 @@ pub struct DiskStorage {
     active: ActiveFile,
     /// Written but not yet handed to the OS.
     buf: Vec<u8>,
-    /// Bytes were handed to the OS since the last `sync_data`.
-    dirty: bool,
     hard: HardState,
     snapshot: Option<(Index, Term)>,
     /// Terms of the stored entries `base + 1 ..`, where `base` is the snapshot's index.
@@ -427,14 +425,7 @@ impl DiskStorage {
         }
 
         let active = match segments.last() {
-            Some(seg) => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&seg.path)
-                    .map_err(io_error(&seg.path))?;
-                let len = file.metadata().map_err(io_error(&seg.path))?.len();
-                ActiveFile::new(file, seg.bytes, len, &opts)
-            }
+            Some(seg) => ActiveFile::open(&seg.path, seg.bytes, &opts)?,
             None => {
                 let head = Head {
                     snapshot: None,
@@ -462,7 +453,6 @@ impl DiskStorage {
             segments,
             active,
             buf: Vec::new(),
-            dirty: false,
             hard: replay.hard,
             snapshot: replay.snapshot,
             terms: entries.iter().map(|e| e.term).collect(),
@@ -719,28 +709,15 @@ impl DiskStorage {
     /// Hands the buffer to the OS.
     fn flush(&mut self) -> Result<(), StorageError> {
         if !self.buf.is_empty() {
-            let path = self.active_path();
-            self.active.append(&self.buf, &path)?;
+            self.active.append(&self.buf)?;
             self.buf.clear();
-            self.dirty = true;
         }
         Ok(())
     }
 
-    fn active_path(&self) -> PathBuf {
-        self.segments
-            .last()
-            .map(|s| s.path.clone())
-            .unwrap_or_else(|| self.dir.clone())
-    }
-
     fn sync_io(&mut self) -> Result<(), StorageError> {
         self.flush()?;
-        if self.dirty {
-            let path = self.active_path();
-            self.active.file().sync_data().map_err(io_error(&path))?;
-            self.dirty = false;
-        }
+        self.active.sync()?;
         self.cleanup()
     }
 
@@ -771,9 +748,7 @@ impl DiskStorage {
     /// Seals the current segment (cut to its last record, synced) and starts the next.
     fn roll(&mut self) -> Result<(), StorageError> {
         self.flush()?;
-        let path = self.active_path();
-        self.active.seal(&path)?;
-        self.dirty = false;
+        self.active.seal()?;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let head = Head {
             snapshot: self.snapshot,
@@ -815,14 +790,9 @@ fn create_segment(
     let mut bytes = Vec::with_capacity(HEADER_LEN + 64);
     bytes.extend_from_slice(&header.encode());
     encode_head(head, &mut bytes)?;
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    let mut active = ActiveFile::new(file, 0, 0, opts);
-    active.append(&bytes, &path)?;
-    active.file().sync_all().map_err(io_error(&path))?;
+    let mut active = ActiveFile::create(&path, opts)?;
+    active.append(&bytes)?;
+    active.sync_all()?;
     sync_dir(dir)?;
     let seg = Segment {
         seq,
