@@ -283,9 +283,7 @@ impl NodeHandle {
 
     /// Answers everything still queued for a node that is gone.
     fn refuse_queued(&self) {
-        while let Ok(r) = self.rx.try_recv() {
-            fail(r, NodeError::Stopped);
-        }
+        refuse_all(&self.rx);
     }
 
     /// Submits a write; `answer` gets its outcome once applied.
@@ -357,6 +355,13 @@ impl NodeHandle {
         self.tx.send_timeout(Request::Status(tx), wait).ok()?;
         self.pass_here();
         rx.recv_timeout(wait).ok()
+    }
+}
+
+/// Refuses every request still in `queue` as `Stopped`.
+fn refuse_all(queue: &Receiver<Request>) {
+    while let Ok(r) = queue.try_recv() {
+        fail(r, NodeError::Stopped);
     }
 }
 
@@ -746,7 +751,7 @@ fn raft_thread(
     let mut runtime = core.lock();
     runtime.halted = true;
     runtime.transport = None;
-    runtime.fail_all(NodeError::Stopped);
+    runtime.fail_all();
     // The storage thread finishes what it was given and the backlog (nothing
     // acknowledged depends on them: an answered write is durable on a majority), then
     // stops.
@@ -768,7 +773,7 @@ fn raft_thread(
 /// them: nothing else would.
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.fail_all(NodeError::Stopped);
+        self.fail_all();
     }
 }
 
@@ -792,9 +797,7 @@ impl Runtime {
     /// Halted, it refuses what was submitted meanwhile: nothing is left unanswered.
     fn pass_or_halt(&mut self) -> bool {
         if self.halted {
-            while let Ok(r) = self.requests.try_recv() {
-                fail(r, NodeError::Stopped);
-            }
+            refuse_all(&self.requests);
             return true;
         }
         self.pass().is_err_and(|e| self.halt(e))
@@ -939,11 +942,13 @@ impl Runtime {
     fn on_delivery(&mut self, d: Delivery) {
         match Message::from_delivery(&d, self.raw.id()) {
             Ok(m) => {
-                let authenticated = self
-                    .transport
-                    .as_ref()
-                    .is_some_and(|t| t.capabilities().authenticated_source);
-                if m.from != d.from && authenticated {
+                // Capabilities only where the claim differs: this runs for every message.
+                if m.from != d.from
+                    && self
+                        .transport
+                        .as_ref()
+                        .is_some_and(|t| t.capabilities().authenticated_source)
+                {
                     tracing::warn!(claimed = %m.from, actual = %d.from, "message claims another sender; dropped");
                     return;
                 }
@@ -1222,7 +1227,9 @@ impl Runtime {
         self.hand_to_storage(StoreJob::Compact(snap))
     }
 
-    fn fail_all(&mut self, e: NodeError) {
+    /// Answers every pending and queued request as `Stopped`: the node stopped.
+    fn fail_all(&mut self) {
+        let e = NodeError::Stopped;
         for (_, (_, _, answer)) in self.writes.drain() {
             answer(Err(e.clone()));
         }
@@ -1232,9 +1239,7 @@ impl Runtime {
         for (_, read) in self.waiting_apply.drain(..) {
             (read.answer)(Err(e.clone()));
         }
-        while let Ok(r) = self.requests.try_recv() {
-            fail(r, e.clone());
-        }
+        refuse_all(&self.requests);
     }
 }
 
