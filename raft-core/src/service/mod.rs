@@ -26,7 +26,8 @@
 //! callback that writes the answer to the socket at once (non-blocking, on the answering
 //! thread) when nothing is queued ahead of it, and otherwise pushes it into the
 //! connection's reply queue for its writer task, so an answer costs no extra thread hop.
-//! The node answers every request, at the latest with a timeout. Dropping the [`Server`] stops the runtime and closes every connection.
+//! The node answers every request, at the latest with a timeout. Dropping the [`Server`]
+//! stops the runtime and closes every connection.
 
 pub mod protocol;
 
@@ -266,7 +267,11 @@ struct Replies {
 impl Replies {
     /// Queues `out` for the writer task.
     fn queue(&self, out: Out) {
-        let mut queued = lock_count(&self.queued);
+        self.push(&mut lock_count(&self.queued), out);
+    }
+
+    /// Queues `out` under the count's lock, counting it.
+    fn push(&self, queued: &mut usize, out: Out) {
         *queued += 1;
         let _ = self.queue.send(out);
     }
@@ -276,9 +281,7 @@ impl Replies {
     fn reply(&self, reply: ClientReply, slot: OwnedSemaphorePermit) {
         let mut queued = lock_count(&self.queued);
         if *queued > 0 {
-            *queued += 1;
-            let _ = self.queue.send(Out::Reply(reply, Some(slot)));
-            return;
+            return self.push(&mut queued, Out::Reply(reply, Some(slot)));
         }
         let mut frame = Vec::new();
         append_frame(&mut frame, &reply, self.max_frame);
@@ -289,9 +292,8 @@ impl Replies {
             Err(_) => return, // the peer is gone, as for the writer task
         };
         if written < frame.len() {
-            *queued += 1;
             frame.drain(..written);
-            let _ = self.queue.send(Out::Rest(frame, slot));
+            self.push(&mut queued, Out::Rest(frame, slot));
         }
     }
 }
