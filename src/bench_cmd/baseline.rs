@@ -282,10 +282,9 @@ fn fdatasync(dir: &Path, writers: u32) -> anyhow::Result<Summary> {
             .write(true)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
-        files.push((path, f));
-        let f = &files[files.len() - 1].1;
-        let _ = weft_raft::storage::preallocate(f, 0, (total * MESSAGE) as u64);
+        let _ = weft_raft::storage::preallocate(&f, 0, (total * MESSAGE) as u64);
         f.sync_all()?;
+        files.push((path, f));
     }
     let start = Arc::new(Barrier::new(files.len()));
     let threads: Vec<_> = files
