@@ -40,11 +40,22 @@ fn start_with(cluster: u64, id: u32, n: u32, tweak: impl Fn(&mut NodeConfig)) ->
 
 /// Starts node `id` of `n` over `t` with 5 ms ticks, then whatever `tweak` changes.
 fn start_on(t: Box<dyn Transport>, id: u32, n: u32, tweak: impl Fn(&mut NodeConfig)) -> Node {
+    start_stored(t, Box::new(NoStore), id, n, tweak)
+}
+
+/// [`start_on`] with `store` for its log.
+fn start_stored(
+    t: Box<dyn Transport>,
+    store: Box<dyn weft_raft::node::LogStore>,
+    id: u32,
+    n: u32,
+    tweak: impl Fn(&mut NodeConfig),
+) -> Node {
     let mut cfg = NodeConfig::new(NodeId(id), (1..=n).map(NodeId));
     cfg.tick = Duration::from_millis(5);
     cfg.snapshot_entries = 200;
     tweak(&mut cfg);
-    Node::start(cfg, Persisted::default(), Box::new(NoStore), t).unwrap()
+    Node::start(cfg, Persisted::default(), store, t).unwrap()
 }
 
 /// On udp and ptp the receive threads drive the nodes (a follower persists and
@@ -483,27 +494,24 @@ impl weft_raft::node::LogStore for TestStore {
 /// committing.
 #[test]
 fn a_panic_in_a_store_write_stops_the_node() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let panics: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
     let panicked: Vec<_> = (0..3)
         .map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0)))
         .collect();
     let nodes: Vec<Node> = (1..=3)
         .map(|id| {
-            let mut cfg = NodeConfig::new(NodeId(id), (1..=3).map(NodeId));
-            cfg.tick = Duration::from_millis(5);
             let store = TestStore {
                 panic: Arc::clone(&panics[id as usize - 1]),
                 panicked: Arc::clone(&panicked[id as usize - 1]),
                 ..TestStore::default()
             };
-            Node::start(
-                cfg,
-                Persisted::default(),
-                Box::new(store),
+            start_stored(
                 transport(0xA0DE_0999, id, 3),
+                Box::new(store),
+                id,
+                3,
+                |_| {},
             )
-            .unwrap()
         })
         .collect();
     let h: Vec<_> = nodes.iter().map(|n| Some(n.handle())).collect();
@@ -603,7 +611,6 @@ impl Drop for Unstall {
 /// commit the writes meanwhile, and no election happens.
 #[test]
 fn a_leader_with_a_stalled_disk_keeps_its_followers() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let stalls: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
     let nodes: Vec<Node> = (1..=3)
         .map(|id| {
