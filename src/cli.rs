@@ -121,8 +121,12 @@ pub enum SpecName {
 pub enum LearnMethod {
     /// Counterexample-guided synthesis with Z3.
     Smt,
-    /// Deep Q-learning by self-play with counterexample feedback.
+    /// Deep Q-learning by self-play with counterexample feedback, trained on
+    /// counterfactual targets (each consulted entry's every choice, replayed).
     Dqn,
+    /// Deep Q-learning with the paper's temporal-difference targets (learns `paper` and
+    /// one crash, not two).
+    DqnTd,
 }
 
 /// Arguments of `weft learn`.
@@ -166,7 +170,7 @@ pub struct LearnArgs {
     #[arg(long, default_value = "protocol.json")]
     pub out: PathBuf,
     /// Instead of one protocol, run the measurement matrix (paper over 10 seeds;
-    /// nbac t = 1 and 2 for n = 3, 4, 5 by both methods; Z3 verification times; how far a
+    /// nbac t = 1 and 2 for n = 3, 4, 5 by each method; Z3 verification times; how far a
     /// symmetric table learned at n = 3, or at 3 and 4, extrapolates) and write it to this
     /// JSON file.
     /// `--budget-s` bounds each learning run.

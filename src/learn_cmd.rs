@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use commit_learn::artifact::{dot, Artifact, Verification};
+use commit_learn::dqn::Targets;
 use commit_learn::explicit::{self, Verdict};
 use commit_learn::model::{Encoding, Machine};
 use commit_learn::smt::{self, SynthError};
@@ -139,8 +140,11 @@ pub(crate) struct Obtained {
 pub(crate) fn obtain(r: &Recipe, verbose: bool) -> anyhow::Result<Obtained> {
     let started = Instant::now();
     match r.method {
-        LearnMethod::Dqn => {
+        LearnMethod::Dqn | LearnMethod::DqnTd => {
             let mut cfg = commit_learn::dqn::LearnConfig::new(r.spec, r.sizes[0], r.seed);
+            if let LearnMethod::DqnTd = r.method {
+                cfg.targets = Targets::Temporal;
+            }
             cfg.also_sizes = r.sizes[1..].to_vec();
             cfg.anonymous = r.anonymous;
             cfg.encoding = r.encoding;
@@ -258,10 +262,11 @@ pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
     let got = obtain(&recipe, true)?;
     let what = match args.method {
         LearnMethod::Dqn => "deep Q-learning",
+        LearnMethod::DqnTd => "deep Q-learning (TD targets)",
         LearnMethod::Smt => "z3 synthesis",
     };
     let steps = match args.method {
-        LearnMethod::Dqn => "episodes",
+        LearnMethod::Dqn | LearnMethod::DqnTd => "episodes",
         LearnMethod::Smt => "candidates",
     };
     match &got.failure {
@@ -290,6 +295,7 @@ pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
         method: match args.method {
             LearnMethod::Smt => "smt".into(),
             LearnMethod::Dqn => format!("dqn (seed {})", args.seed),
+            LearnMethod::DqnTd => format!("dqn-td (seed {})", args.seed),
         },
         verified,
     };

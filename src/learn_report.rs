@@ -67,6 +67,7 @@ struct Report {
 fn method_name(m: LearnMethod) -> &'static str {
     match m {
         LearnMethod::Dqn => "dqn",
+        LearnMethod::DqnTd => "dqn-td",
         LearnMethod::Smt => "smt",
     }
 }
@@ -212,11 +213,11 @@ pub fn run(args: &LearnArgs, path: &Path) -> anyhow::Result<()> {
         .0,
     );
 
-    println!("nbac, t = 1 and 2, n = 3, 4, 5, both methods, {budget:?} each");
+    println!("nbac, t = 1 and 2, n = 3, 4, 5, each method (smt, dqn, dqn-td), {budget:?} each");
     // The tables found at n = 3, by (t, method): where extrapolation starts.
     let mut at_three = Vec::new();
     for t in [1, 2] {
-        for method in [LearnMethod::Smt, LearnMethod::Dqn] {
+        for method in [LearnMethod::Smt, LearnMethod::Dqn, LearnMethod::DqnTd] {
             let mut failed_at = None;
             for n in [3, 4, 5] {
                 let recipe = nbac(t, vec![n], method, args);

@@ -2,13 +2,17 @@
 //!
 //! A Q-network (three fully connected ReLU layers and a linear output, one value per next
 //! state) maps a process's input to the value of each possible next state. Episodes sample
-//! votes and failures, let every process pick its next state ε-greedily each round, and
-//! score each process with the paper's reward rules; the final reward is split equally over
-//! the rounds and bootstrapped through a target network (TD targets), from a replay
-//! buffer. ε decays to 0.1 and the learning rate from 0.01 to 0.001. Every so often the
-//! greedy table is extracted and verified; a counterexample run joins a set that self-play
-//! then replays with priority, until the table is proved or the budget runs out.
+//! votes and failures and are scored with the paper's reward rules; the final reward is
+//! split equally over the rounds. ε decays to 0.1 and the learning rate from 0.01 to
+//! 0.001; targets come from a replay buffer and a target network. Every so often the greedy
+//! table is extracted and verified; a counterexample run joins a set that self-play then
+//! replays with priority, until the table is proved or the budget runs out.
+//!
+//! Two ways to turn an episode into targets ([`Targets`]): the paper's temporal-difference
+//! targets, and counterfactual ones (the default), which learn protocols the paper's
+//! cannot, such as non-blocking atomic commit under two crashes.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, D};
@@ -45,6 +49,33 @@ pub struct LearnConfig {
     pub episodes_per_check: usize,
     /// Width of the hidden layers.
     pub hidden: usize,
+    /// How episodes become training targets.
+    pub targets: Targets,
+}
+
+/// How the learner turns an episode into training targets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Targets {
+    /// The paper's: every process explores (each entry it consults is random with
+    /// probability ε), earns its own reward, split over its rounds and bootstrapped
+    /// through the target network. The table is shared, so a process is also paid for
+    /// what the other copies of it did: a premature commit that leaves another process
+    /// blocked costs only the blocked one, and others' exploration drowns out rare
+    /// penalties. It learns `paper` and one crash, not two.
+    Temporal,
+    /// Counterfactual: the episode is replayed with the target network's greedy table
+    /// and, for each entry the run consults, once per possible next state with only that
+    /// entry changed; each replay's team reward (mean over processes) is the target for
+    /// that entry and state. Choices are compared on the same run, an outcome is
+    /// credited to the entry that caused it, and nobody else's exploration blurs it, so
+    /// a correct table stays correct: where the targets prefer another choice to its own,
+    /// that choice keeps it correct (a test checks this for the hand-written two-crash
+    /// table; the paper's targets drift away even from a correct start).
+    /// Exploration changes one consulted entry with probability ε and evaluates that
+    /// entry and the entries the change newly reaches, so a chain of states over several
+    /// rounds is found one link at a time.
+    #[default]
+    Counterfactual,
 }
 
 impl LearnConfig {
@@ -64,6 +95,7 @@ impl LearnConfig {
             budget: Duration::from_secs(60),
             episodes_per_check: 1500,
             hidden: 64,
+            targets: Targets::default(),
         }
     }
 }
@@ -73,7 +105,8 @@ impl LearnConfig {
 pub struct Progress {
     /// Episodes played.
     pub episode: usize,
-    /// Mean reward per process over the last block of episodes.
+    /// Mean reward per process over the last block of episodes (as played: explored
+    /// runs for [`Targets::Temporal`], greedy runs for [`Targets::Counterfactual`]).
     pub reward: f32,
     /// Current exploration rate.
     pub epsilon: f32,
@@ -150,6 +183,41 @@ struct Step {
     next: Option<usize>,
 }
 
+/// One counterfactual target: the team's reward (already split over the rounds) had
+/// `entry` chosen `action` in a replayed run.
+#[derive(Clone, Copy)]
+struct Counterfactual {
+    entry: usize,
+    action: State,
+    value: f32,
+}
+
+/// A bounded experience-replay buffer: once full, a new sample replaces a random one, so
+/// the buffer stays a uniform sample of recent play.
+struct Replay<T> {
+    samples: Vec<T>,
+}
+
+impl<T: Copy> Replay<T> {
+    const CAPACITY: usize = 50_000;
+
+    fn push(&mut self, sample: T, rng: &mut ChaCha8Rng) {
+        if self.samples.len() < Self::CAPACITY {
+            self.samples.push(sample);
+        } else {
+            let slot = rng.gen_range(0..Self::CAPACITY);
+            self.samples[slot] = sample;
+        }
+    }
+
+    /// A minibatch of up to 256 samples drawn with replacement.
+    fn batch(&self, rng: &mut ChaCha8Rng) -> Vec<T> {
+        (0..256.min(self.samples.len()))
+            .map(|_| self.samples[rng.gen_range(0..self.samples.len())])
+            .collect()
+    }
+}
+
 /// The paper's reward rules 1–6 (and their NBAC counterparts) for one process.
 fn reward(spec: Spec, outcomes: &[Outcome], lossless: bool, p: usize) -> f32 {
     let me = &outcomes[p];
@@ -181,9 +249,11 @@ fn reward(spec: Spec, outcomes: &[Outcome], lossless: bool, p: usize) -> f32 {
             -2000.0
         };
     }
-    // Rule 6: undecided (a correct process must decide under NBAC).
+    // Rule 6: undecided. Under NBAC a correct process must decide (termination is one of
+    // its correctness properties, so it costs what rules 1-5 charge; priced lower, a
+    // learner settles for blocking wherever deciding is risky).
     match (me.decision(), spec) {
-        (Decision::Undecided, Spec::Nbac { .. }) if !me.crashed => -200.0,
+        (Decision::Undecided, Spec::Nbac { .. }) if !me.crashed => -2000.0,
         (Decision::Undecided, _) => -0.5,
         _ => 10.0,
     }
@@ -287,14 +357,20 @@ pub fn learn(
         },
     )?;
 
-    let mut replay: Vec<Step> = Vec::new();
-    const REPLAY: usize = 50_000;
+    let mut temporal = Replay::<Step> {
+        samples: Vec::new(),
+    };
+    let mut counterfactual = Replay::<Counterfactual> {
+        samples: Vec::new(),
+    };
     // Counterexample runs: the size (index into `machines`), votes and failures.
     let mut counterexamples: Vec<(usize, Vec<State>, Failures)> = Vec::new();
     let mut episode = 0usize;
     let mut checks = 0usize;
     let decay_episodes = (cfg.episodes_per_check * 4) as f32;
     let votes_all: Vec<Vec<Vec<State>>> = sizes.iter().map(|n| all_votes(*n).collect()).collect();
+    // The greedy table under the target network: what counterfactual replays play.
+    let mut target_table: Option<Vec<State>> = None;
     loop {
         // The greedy table under the current network.
         let q = online.forward(&all_inputs)?;
@@ -303,6 +379,7 @@ pub fn learn(
         for m in machines.iter_mut() {
             m.table.clone_from(&table);
         }
+        let target_table = target_table.get_or_insert_with(|| table.clone());
         let mut proved = false;
         if episode > 0 && episode % cfg.episodes_per_check == 0 {
             checks += 1;
@@ -353,77 +430,82 @@ pub fn learn(
                 let n = machines[size].n;
                 (size, v, sample_failures(cfg.spec, n, cfg.rounds, &mut rng))
             };
-            let machine = &machines[size];
-            let lossless = failures.none();
-            // ε-greedy exploration: perturb the table entries this episode consults.
-            let mut explored = machine.clone();
-            let mut trace: Vec<Vec<usize>> = vec![Vec::new(); machine.n];
-            let mut consulted = Vec::new();
-            execute_with(machine, &votes, failures.clone(), cfg.rounds, |_, i| {
-                consulted.push(i)
-            });
-            for i in &consulted {
-                if rng.gen_bool(epsilon as f64) {
-                    explored.table[*i] = rng.gen_range(0..machine.states);
+            let episode = Episode {
+                spec: cfg.spec,
+                rounds: cfg.rounds,
+                votes: &votes,
+                failures: &failures,
+            };
+            let (reward, processes) = match cfg.targets {
+                Targets::Temporal => {
+                    episode.temporal(&machines[size], epsilon, &mut temporal, &mut rng)
                 }
-            }
-            let run = execute_with(&explored, &votes, failures, cfg.rounds, |p, i| {
-                trace[p].push(i)
-            });
-            let outcomes = run.outcomes();
-            for (p, steps) in trace.iter().enumerate() {
-                let r = reward(cfg.spec, &outcomes, lossless, p);
-                total += r;
-                scored += 1;
-                let share = r / cfg.rounds as f32;
-                for (k, e) in steps.iter().enumerate() {
-                    let step = Step {
-                        entry: *e,
-                        action: explored.table[*e],
-                        reward: share,
-                        next: steps.get(k + 1).copied(),
-                    };
-                    if replay.len() < REPLAY {
-                        replay.push(step);
-                    } else {
-                        let slot = rng.gen_range(0..REPLAY);
-                        replay[slot] = step;
-                    }
+                Targets::Counterfactual => {
+                    let mut base = machines[size].clone();
+                    base.table.clone_from(target_table);
+                    episode.counterfactual(base, epsilon, &mut counterfactual, &mut rng)
                 }
-            }
+            };
+            total += reward;
+            scored += processes;
         }
-        // Training: a few minibatches with TD targets from the target network.
+        // Training: a few minibatches.
         opt.set_learning_rate(0.01 - 0.009 * frac as f64);
-        for _ in 0..4 {
-            let batch: Vec<Step> = (0..256.min(replay.len()))
-                .map(|_| replay[rng.gen_range(0..replay.len())])
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            let idx: Vec<u32> = batch.iter().map(|s| s.entry as u32).collect();
-            let next_idx: Vec<u32> = batch.iter().map(|s| s.next.unwrap_or(0) as u32).collect();
-            let has_next: Vec<f32> = batch
-                .iter()
-                .map(|s| if s.next.is_some() { 1.0 } else { 0.0 })
-                .collect();
-            let acts: Vec<u32> = batch.iter().map(|s| s.action as u32).collect();
-            let rewards: Vec<f32> = batch.iter().map(|s| s.reward / 100.0).collect();
-            let b = batch.len();
-            let x = all_inputs.index_select(&Tensor::from_vec(idx, b, &dev)?, 0)?;
-            let xn = all_inputs.index_select(&Tensor::from_vec(next_idx, b, &dev)?, 0)?;
-            let future = target.forward(&xn)?.max(D::Minus1)?.detach();
-            let y = (Tensor::from_vec(rewards, b, &dev)?
-                + (future * Tensor::from_vec(has_next, b, &dev)?)?)?;
-            let qa = online
-                .forward(&x)?
+        let value_of = |x: &Tensor, acts: Vec<u32>| -> candle_core::Result<Tensor> {
+            let b = acts.len();
+            online
+                .forward(x)?
                 .gather(&Tensor::from_vec(acts, (b, 1), &dev)?, 1)?
-                .squeeze(1)?;
-            let loss = (qa - y)?.sqr()?.mean_all()?;
-            opt.backward_step(&loss)?;
+                .squeeze(1)
+        };
+        let select = |idx: Vec<u32>| -> candle_core::Result<Tensor> {
+            let b = idx.len();
+            all_inputs.index_select(&Tensor::from_vec(idx, b, &dev)?, 0)
+        };
+        match cfg.targets {
+            // TD targets from the target network: the split reward plus the best value
+            // of the entry consulted next.
+            Targets::Temporal => {
+                for _ in 0..4 {
+                    let batch = temporal.batch(&mut rng);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let b = batch.len();
+                    let x = select(batch.iter().map(|s| s.entry as u32).collect())?;
+                    let xn = select(batch.iter().map(|s| s.next.unwrap_or(0) as u32).collect())?;
+                    let has_next: Vec<f32> = batch
+                        .iter()
+                        .map(|s| if s.next.is_some() { 1.0 } else { 0.0 })
+                        .collect();
+                    let rewards: Vec<f32> = batch.iter().map(|s| s.reward / 100.0).collect();
+                    let future = target.forward(&xn)?.max(D::Minus1)?.detach();
+                    let y = (Tensor::from_vec(rewards, b, &dev)?
+                        + (future * Tensor::from_vec(has_next, b, &dev)?)?)?;
+                    let qa = value_of(&x, batch.iter().map(|s| s.action as u32).collect())?;
+                    opt.backward_step(&(qa - y)?.sqr()?.mean_all()?)?;
+                }
+            }
+            // Counterfactual targets were computed by replaying with the target network's
+            // table; each block yields about ten times as many as a temporal one.
+            Targets::Counterfactual => {
+                for _ in 0..8 {
+                    let batch = counterfactual.batch(&mut rng);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let b = batch.len();
+                    let x = select(batch.iter().map(|s| s.entry as u32).collect())?;
+                    let values: Vec<f32> = batch.iter().map(|s| s.value / 100.0).collect();
+                    let qa = value_of(&x, batch.iter().map(|s| s.action as u32).collect())?;
+                    let y = Tensor::from_vec(values, b, &dev)?;
+                    opt.backward_step(&(qa - y)?.sqr()?.mean_all()?)?;
+                }
+            }
         }
         if episode % 500 == 0 {
             copy_to_target()?;
+            target_table.clone_from(&table);
         }
         progress(&Progress {
             episode,
@@ -432,5 +514,193 @@ pub fn learn(
             checks,
             counterexamples: counterexamples.len(),
         });
+    }
+}
+
+/// One self-play episode: the votes and failures every replay of it shares.
+struct Episode<'a> {
+    spec: Spec,
+    rounds: usize,
+    votes: &'a [State],
+    failures: &'a Failures,
+}
+
+impl Episode<'_> {
+    /// Every process's reward when `machine` plays this episode, and the table entries
+    /// the run consulted.
+    fn play(&self, machine: &Machine) -> (Vec<f32>, Vec<Vec<usize>>) {
+        let mut trace: Vec<Vec<usize>> = vec![Vec::new(); machine.n];
+        let run = execute_with(
+            machine,
+            self.votes,
+            self.failures.clone(),
+            self.rounds,
+            |p, i| trace[p].push(i),
+        );
+        let outcomes = run.outcomes();
+        let lossless = self.failures.none();
+        let rewards = (0..machine.n)
+            .map(|p| reward(self.spec, &outcomes, lossless, p))
+            .collect();
+        (rewards, trace)
+    }
+
+    /// The paper's episode: each consulted entry is random with probability `epsilon`;
+    /// every step of every process is stored with its process's reward split over the
+    /// rounds and the entry it consults next. Returns the reward sum and the processes.
+    fn temporal(
+        &self,
+        machine: &Machine,
+        epsilon: f32,
+        replay: &mut Replay<Step>,
+        rng: &mut ChaCha8Rng,
+    ) -> (f32, usize) {
+        let mut explored = machine.clone();
+        let (_, consulted) = self.play(machine);
+        for i in consulted.iter().flatten() {
+            if rng.gen_bool(epsilon as f64) {
+                explored.table[*i] = rng.gen_range(0..machine.states);
+            }
+        }
+        let (rewards, trace) = self.play(&explored);
+        for (steps, r) in trace.iter().zip(&rewards) {
+            let share = r / self.rounds as f32;
+            for (k, e) in steps.iter().enumerate() {
+                let step = Step {
+                    entry: *e,
+                    action: explored.table[*e],
+                    reward: share,
+                    next: steps.get(k + 1).copied(),
+                };
+                replay.push(step, rng);
+            }
+        }
+        (rewards.iter().sum(), rewards.len())
+    }
+
+    /// The counterfactual episode on `base` (the target network's greedy table): with
+    /// probability `epsilon` one consulted entry is changed at random, and that entry and
+    /// the ones the change newly reaches are evaluated; otherwise every consulted entry
+    /// is. Evaluating an entry replays the episode once per next state with only that
+    /// entry changed and stores the team reward, split over the rounds. Returns the
+    /// greedy run's reward sum and the processes.
+    fn counterfactual(
+        &self,
+        mut base: Machine,
+        epsilon: f32,
+        replay: &mut Replay<Counterfactual>,
+        rng: &mut ChaCha8Rng,
+    ) -> (f32, usize) {
+        let consulted = |m: &Machine| -> BTreeSet<usize> {
+            let mut used = BTreeSet::new();
+            execute_with(m, self.votes, self.failures.clone(), self.rounds, |_, i| {
+                used.insert(i);
+            });
+            used
+        };
+        let (rewards, _) = self.play(&base);
+        let greedy = consulted(&base);
+        let evaluate: Vec<usize> = if rng.gen_bool(epsilon as f64) {
+            let changed = *greedy
+                .iter()
+                .nth(rng.gen_range(0..greedy.len()))
+                .expect("every run consults the table");
+            base.table[changed] = rng.gen_range(0..base.states);
+            let reached = consulted(&base);
+            std::iter::once(changed)
+                .chain(reached.difference(&greedy).copied())
+                .collect()
+        } else {
+            greedy.into_iter().collect()
+        };
+        for entry in evaluate {
+            let keep = base.table[entry];
+            for action in 0..base.states {
+                base.table[entry] = action;
+                let team: f32 = self.play(&base).0.iter().sum::<f32>() / base.n as f32;
+                let value = team / self.rounds as f32;
+                replay.push(
+                    Counterfactual {
+                        entry,
+                        action,
+                        value,
+                    },
+                    rng,
+                );
+            }
+            base.table[entry] = keep;
+        }
+        (rewards.iter().sum(), rewards.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::protocols::two_crash_nbac;
+    use crate::run::for_each_failure;
+
+    /// What keeps a correct table correct under counterfactual training: averaged over
+    /// every run (votes and crash patterns alike), wherever the targets rank another
+    /// choice above the table's own, making that change leaves the table correct (such a
+    /// change lets a process decide earlier, which a correct table may leave for later).
+    #[test]
+    fn counterfactual_targets_never_prefer_a_change_that_breaks_a_correct_table() {
+        let spec = Spec::Nbac { t: 2 };
+        let m = two_crash_nbac(3).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut sums: HashMap<(usize, State), (f32, u32)> = HashMap::new();
+        for votes in all_votes(3) {
+            for_each_failure(spec, 3, 3, |failures| {
+                let mut replay = Replay {
+                    samples: Vec::new(),
+                };
+                let episode = Episode {
+                    spec,
+                    rounds: 3,
+                    votes: &votes,
+                    failures: &failures,
+                };
+                let (reward, processes) =
+                    episode.counterfactual(m.clone(), 0.0, &mut replay, &mut rng);
+                // A correct table never earns a penalty: one correct process decides (10),
+                // the at most two crashed ones may not (-0.5 each).
+                assert!(reward >= 9.0 && processes == 3, "{reward} over {processes}");
+                for s in replay.samples {
+                    let e = sums.entry((s.entry, s.action)).or_default();
+                    e.0 += s.value;
+                    e.1 += 1;
+                }
+                true
+            })
+            .unwrap();
+        }
+        let entries: BTreeSet<usize> = sums.keys().map(|(e, _)| *e).collect();
+        assert!(entries.len() > 10, "{} entries consulted", entries.len());
+        let mut preferred = 0;
+        for e in entries {
+            let mean = |a: State| sums[&(e, a)].0 / sums[&(e, a)].1 as f32;
+            let own = mean(m.table[e]);
+            for a in (0..m.states).filter(|a| mean(*a) > own) {
+                let mut changed = m.clone();
+                changed.table[e] = a;
+                assert!(
+                    matches!(
+                        explicit::verify(&changed, spec, 3).unwrap(),
+                        Verdict::Proved { .. }
+                    ),
+                    "{}: {} averages {}, above the table's {} ({own}), and breaks it",
+                    m.describe(e),
+                    crate::model::state_name(a),
+                    mean(a),
+                    crate::model::state_name(m.table[e]),
+                );
+                preferred += 1;
+            }
+        }
+        // The table is not the only correct one: some entries can decide earlier.
+        assert!(preferred > 0);
     }
 }
