@@ -124,8 +124,8 @@ pub enum LearnMethod {
     /// Deep Q-learning by self-play with counterexample feedback, trained on
     /// counterfactual targets (each consulted entry's every choice, replayed).
     Dqn,
-    /// Deep Q-learning with the paper's temporal-difference targets (learns `paper` and
-    /// one crash, not two).
+    /// Deep Q-learning with the paper's temporal-difference targets (slower where
+    /// rounds must be counted, as for two crashes).
     DqnTd,
 }
 

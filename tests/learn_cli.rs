@@ -75,6 +75,24 @@ fn learn_then_verify() {
     assert!(weft(&["verify", "--protocol", learned.to_str().unwrap()])
         .status
         .success());
+    // The paper's own targets, named as such in the output and the artifact.
+    let td = dir.path().join("paper-td.json");
+    let text = weft_ok(&[
+        "learn",
+        "--spec",
+        "paper",
+        "--method",
+        "dqn-td",
+        "--vector",
+        "--out",
+        td.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("deep Q-learning (TD targets): proved"),
+        "{text}"
+    );
+    let saved = std::fs::read_to_string(&td).unwrap();
+    assert!(saved.contains("dqn-td (seed 1)"), "{saved}");
 }
 
 #[test]
@@ -196,6 +214,20 @@ fn the_shipped_two_crash_protocol_holds_at_four_processes() {
     );
     let o = weft(&["verify", "--protocol", protocol, "--rounds", "2"]);
     assert!(!o.status.success());
+}
+
+/// The shipped learned two-crash protocol (deep Q-learning at n = 3 and 4, two anonymous
+/// states) holds at n = 5, where it never trained, by both verifiers.
+#[test]
+fn the_shipped_learned_two_crash_protocol_holds_at_five_processes() {
+    let protocol = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nbac-t2-learned.json");
+    let text = weft_ok(&["verify", "--protocol", protocol, "--n", "5"]);
+    assert!(
+        text.contains("dqn (seed 1)")
+            && text.contains("n = 5  explicit proved")
+            && text.contains("n = 5  z3       proved"),
+        "{text}"
+    );
 }
 
 /// A client command whose reader stops early (`weft verify ... | head -1`) ends quietly,

@@ -9,8 +9,8 @@
 //! replays with priority, until the table is proved or the budget runs out.
 //!
 //! Two ways to turn an episode into targets ([`Targets`]): the paper's temporal-difference
-//! targets, and counterfactual ones (the default), which learn protocols the paper's
-//! cannot, such as non-blocking atomic commit under two crashes.
+//! targets, and counterfactual ones (the default), which learn multi-round protocols such
+//! as non-blocking atomic commit under two crashes several times faster.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -58,10 +58,10 @@ pub struct LearnConfig {
 pub enum Targets {
     /// The paper's: every process explores (each entry it consults is random with
     /// probability ε), earns its own reward, split over its rounds and bootstrapped
-    /// through the target network. The table is shared, so a process is also paid for
-    /// what the other copies of it did: a premature commit that leaves another process
-    /// blocked costs only the blocked one, and others' exploration drowns out rare
-    /// penalties. It learns `paper` and one crash, not two.
+    /// through the target network. It learns, but slowly where rounds must be counted:
+    /// the table is shared, so a process is also paid for what the other copies of it
+    /// did (a premature commit that leaves another process blocked costs only the
+    /// blocked one), and others' exploration drowns out rare penalties.
     Temporal,
     /// Counterfactual: the episode is replayed with the target network's greedy table
     /// and, for each entry the run consults, once per possible next state with only that
@@ -70,7 +70,7 @@ pub enum Targets {
     /// credited to the entry that caused it, and nobody else's exploration blurs it, so
     /// a correct table stays correct: where the targets prefer another choice to its own,
     /// that choice keeps it correct (a test checks this for the hand-written two-crash
-    /// table; the paper's targets drift away even from a correct start).
+    /// table).
     /// Exploration changes one consulted entry with probability ε and evaluates that
     /// entry and the entries the change newly reaches, so a chain of states over several
     /// rounds is found one link at a time.

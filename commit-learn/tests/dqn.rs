@@ -1,6 +1,6 @@
 //! The deep Q-learning learner finds protocols that both verifiers prove: the paper's
 //! three-process atomic commit with either kind of targets, and non-blocking atomic commit
-//! under two crashes with counterfactual ones.
+//! under two crashes with counterfactual ones (the default).
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ fn learns_it_with_the_papers_temporal_difference_targets_too() {
     paper_protocol(Targets::Temporal);
 }
 
-/// Two crashes in three rounds: the protocol the paper's targets do not find.
+/// Two crashes in three rounds: each state counts a round on the way to Commit.
 #[test]
 fn learns_non_blocking_atomic_commit_under_two_crashes() {
     let spec = Spec::Nbac { t: 2 };
