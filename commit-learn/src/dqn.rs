@@ -451,16 +451,18 @@ pub fn learn(
         }
         // Training: a few minibatches.
         opt.set_learning_rate(0.01 - 0.009 * frac as f64);
-        let value_of = |x: &Tensor, acts: Vec<u32>| -> candle_core::Result<Tensor> {
-            let b = acts.len();
-            online
-                .forward(x)?
-                .gather(&Tensor::from_vec(acts, (b, 1), &dev)?, 1)?
-                .squeeze(1)
-        };
         let select = |idx: Vec<u32>| -> candle_core::Result<Tensor> {
             let b = idx.len();
             all_inputs.index_select(&Tensor::from_vec(idx, b, &dev)?, 0)
+        };
+        // One gradient step moving the values of (entry, action) pairs toward `y`.
+        let mut fit = |entries: Vec<u32>, acts: Vec<u32>, y: Tensor| -> candle_core::Result<()> {
+            let b = acts.len();
+            let qa = online
+                .forward(&select(entries)?)?
+                .gather(&Tensor::from_vec(acts, (b, 1), &dev)?, 1)?
+                .squeeze(1)?;
+            opt.backward_step(&(qa - y)?.sqr()?.mean_all()?)
         };
         match cfg.targets {
             // TD targets from the target network: the split reward plus the best value
@@ -472,7 +474,6 @@ pub fn learn(
                         break;
                     }
                     let b = batch.len();
-                    let x = select(batch.iter().map(|s| s.entry as u32).collect())?;
                     let xn = select(batch.iter().map(|s| s.next.unwrap_or(0) as u32).collect())?;
                     let has_next: Vec<f32> = batch
                         .iter()
@@ -482,8 +483,11 @@ pub fn learn(
                     let future = target.forward(&xn)?.max(D::Minus1)?.detach();
                     let y = (Tensor::from_vec(rewards, b, &dev)?
                         + (future * Tensor::from_vec(has_next, b, &dev)?)?)?;
-                    let qa = value_of(&x, batch.iter().map(|s| s.action as u32).collect())?;
-                    opt.backward_step(&(qa - y)?.sqr()?.mean_all()?)?;
+                    fit(
+                        batch.iter().map(|s| s.entry as u32).collect(),
+                        batch.iter().map(|s| s.action as u32).collect(),
+                        y,
+                    )?;
                 }
             }
             // Counterfactual targets were computed by replaying with the target network's
@@ -494,12 +498,12 @@ pub fn learn(
                     if batch.is_empty() {
                         break;
                     }
-                    let b = batch.len();
-                    let x = select(batch.iter().map(|s| s.entry as u32).collect())?;
                     let values: Vec<f32> = batch.iter().map(|s| s.value / 100.0).collect();
-                    let qa = value_of(&x, batch.iter().map(|s| s.action as u32).collect())?;
-                    let y = Tensor::from_vec(values, b, &dev)?;
-                    opt.backward_step(&(qa - y)?.sqr()?.mean_all()?)?;
+                    fit(
+                        batch.iter().map(|s| s.entry as u32).collect(),
+                        batch.iter().map(|s| s.action as u32).collect(),
+                        Tensor::from_vec(values, batch.len(), &dev)?,
+                    )?;
                 }
             }
         }
