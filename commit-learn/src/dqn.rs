@@ -311,6 +311,13 @@ pub fn learn(
     cfg: &LearnConfig,
     mut progress: impl FnMut(&Progress),
 ) -> Result<LearnReport, LearnError> {
+    if cfg.rounds == 0 {
+        // Nothing to learn from: no process ever consults the table.
+        return Err(crate::model::ModelError::Invalid(
+            "the learner needs at least one round".into(),
+        )
+        .into());
+    }
     let started = Instant::now();
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);

@@ -50,6 +50,18 @@ fn learns_non_blocking_atomic_commit_under_two_crashes() {
     assert!(matches!(z3, Verdict::Proved { .. }));
 }
 
+/// Zero rounds is refused with an error, not a panic, by either kind of targets.
+#[test]
+fn zero_rounds_is_an_error() {
+    for targets in [Targets::Counterfactual, Targets::Temporal] {
+        let mut cfg = LearnConfig::new(Spec::Nbac { t: 1 }, 3, 1);
+        cfg.rounds = 0;
+        cfg.targets = targets;
+        let err = learn(&cfg, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("at least one round"), "{err}");
+    }
+}
+
 fn paper_protocol(targets: Targets) {
     let mut cfg = LearnConfig::new(Spec::Paper, 3, 1);
     cfg.targets = targets;
