@@ -611,11 +611,12 @@ impl Episode<'_> {
         };
         let (rewards, _) = self.play(&base);
         let greedy = consulted(&base);
-        let evaluate: Vec<usize> = if rng.gen_bool(epsilon as f64) {
+        // A run where every process crashes in round 1 consults nothing.
+        let evaluate: Vec<usize> = if !greedy.is_empty() && rng.gen_bool(epsilon as f64) {
             let changed = *greedy
                 .iter()
                 .nth(rng.gen_range(0..greedy.len()))
-                .expect("every run consults the table");
+                .expect("an index below the length");
             base.table[changed] = rng.gen_range(0..base.states);
             let reached = consulted(&base);
             std::iter::once(changed)

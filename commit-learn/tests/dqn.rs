@@ -62,6 +62,19 @@ fn zero_rounds_is_an_error() {
     }
 }
 
+/// With as many crashes as processes, some runs consult no table entry at all (everyone
+/// crashes in round 1); learning goes on through them.
+#[test]
+fn runs_where_everyone_crashes_are_learned_through() {
+    for targets in [Targets::Counterfactual, Targets::Temporal] {
+        let mut cfg = LearnConfig::new(Spec::Nbac { t: 2 }, 2, 1);
+        cfg.targets = targets;
+        cfg.budget = Duration::from_secs(2);
+        let report = learn(&cfg, |_| {}).unwrap();
+        assert!(report.progress.episode > 0);
+    }
+}
+
 fn paper_protocol(targets: Targets) {
     let mut cfg = LearnConfig::new(Spec::Paper, 3, 1);
     cfg.targets = targets;
