@@ -311,12 +311,14 @@ pub fn learn(
     cfg: &LearnConfig,
     mut progress: impl FnMut(&Progress),
 ) -> Result<LearnReport, LearnError> {
-    if cfg.rounds == 0 {
-        // Nothing to learn from: no process ever consults the table.
-        return Err(crate::model::ModelError::Invalid(
-            "the learner needs at least one round".into(),
-        )
-        .into());
+    // Zero rounds consult no table entry; zero-width layers make no network.
+    let invalid = match (cfg.rounds, cfg.hidden) {
+        (0, _) => Some("the learner needs at least one round"),
+        (_, 0) => Some("the learner's hidden layers need at least one unit"),
+        _ => None,
+    };
+    if let Some(why) = invalid {
+        return Err(crate::model::ModelError::Invalid(why.into()).into());
     }
     let started = Instant::now();
     let dev = Device::Cpu;

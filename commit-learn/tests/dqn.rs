@@ -50,15 +50,21 @@ fn learns_non_blocking_atomic_commit_under_two_crashes() {
     assert!(matches!(z3, Verdict::Proved { .. }));
 }
 
-/// Zero rounds is refused with an error, not a panic, by either kind of targets.
+/// Zero rounds or zero-width layers are refused with an error that says so, not a panic
+/// or a tensor library's message, by either kind of targets.
 #[test]
-fn zero_rounds_is_an_error() {
+fn zero_rounds_or_width_is_an_error() {
     for targets in [Targets::Counterfactual, Targets::Temporal] {
         let mut cfg = LearnConfig::new(Spec::Nbac { t: 1 }, 3, 1);
         cfg.rounds = 0;
         cfg.targets = targets;
         let err = learn(&cfg, |_| {}).unwrap_err();
         assert!(err.to_string().contains("at least one round"), "{err}");
+        let mut cfg = LearnConfig::new(Spec::Nbac { t: 1 }, 3, 1);
+        cfg.hidden = 0;
+        cfg.targets = targets;
+        let err = learn(&cfg, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("at least one unit"), "{err}");
     }
 }
 
