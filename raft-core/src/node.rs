@@ -260,12 +260,13 @@ impl NodeHandle {
     fn submit(&self, r: Request) {
         match self.tx.try_send(r) {
             Ok(()) => self.pass_here(),
-            Err(TrySendError::Full(r)) if self.stopped() => {
+            // The handle holds a receiver itself, so the queue never disconnects:
+            // a refused send means full, and full on a gone node means stopped.
+            Err(e) if self.stopped() => {
                 self.refuse_queued();
-                fail(r, NodeError::Stopped);
+                fail(e.into_inner(), NodeError::Stopped);
             }
-            Err(TrySendError::Full(r)) => fail(r, NodeError::Busy),
-            Err(TrySendError::Disconnected(r)) => fail(r, NodeError::Stopped),
+            Err(e) => fail(e.into_inner(), NodeError::Busy),
         }
     }
 

@@ -84,7 +84,7 @@ impl Baseline {
             .map(|s| self.tcp_round_trip.p50_ns + s.fdatasync.p50_ns)
     }
 
-    /// The shared syncs as `N at once: p50 X ms` items, for the logs and the summary.
+    /// The shared syncs as `N at once p50 X ms` items, for the logs and the summary.
     pub fn shared_line(&self) -> String {
         self.shared_fdatasync
             .iter()
@@ -107,7 +107,7 @@ impl Baseline {
             .map(|c| c.requests_per_s)
     }
 
-    /// The ceilings as `N clients: R req/s` items, for the logs and the summary.
+    /// The ceilings as `N clients R req/s` items, for the logs and the summary.
     pub fn ceiling_line(&self) -> String {
         self.echo_ceiling
             .iter()
