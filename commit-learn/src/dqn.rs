@@ -201,6 +201,12 @@ struct Replay<T> {
 impl<T: Copy> Replay<T> {
     const CAPACITY: usize = 50_000;
 
+    fn new() -> Replay<T> {
+        Replay {
+            samples: Vec::new(),
+        }
+    }
+
     fn push(&mut self, sample: T, rng: &mut ChaCha8Rng) {
         if self.samples.len() < Self::CAPACITY {
             self.samples.push(sample);
@@ -276,8 +282,9 @@ fn sample_failures(spec: Spec, n: usize, rounds: usize, rng: &mut ChaCha8Rng) ->
         }
         Spec::Nbac { t } => {
             let mut c = vec![None; n];
-            if rng.gen_bool(0.6) {
-                for _ in 0..rng.gen_range(1..=t.max(1)) {
+            // Crash-free runs stay common; with t = 0 they are the only ones the spec has.
+            if t > 0 && rng.gen_bool(0.6) {
+                for _ in 0..rng.gen_range(1..=t) {
                     let p = rng.gen_range(0..n);
                     let reached = (0..n).map(|q| q == p || rng.gen_bool(0.5)).collect();
                     c[p] = Some((rng.gen_range(1..=rounds), reached));
@@ -366,12 +373,8 @@ pub fn learn(
         },
     )?;
 
-    let mut temporal = Replay::<Step> {
-        samples: Vec::new(),
-    };
-    let mut counterfactual = Replay::<Counterfactual> {
-        samples: Vec::new(),
-    };
+    let mut temporal = Replay::<Step>::new();
+    let mut counterfactual = Replay::<Counterfactual>::new();
     // Counterexample runs: the size (index into `machines`), votes and failures.
     let mut counterexamples: Vec<(usize, Vec<State>, Failures)> = Vec::new();
     let mut episode = 0usize;
@@ -380,6 +383,13 @@ pub fn learn(
     let votes_all: Vec<Vec<Vec<State>>> = sizes.iter().map(|n| all_votes(*n).collect()).collect();
     // The greedy table under the target network: what counterfactual replays play.
     let mut target_table: Option<Vec<State>> = None;
+    let mut last = Progress {
+        episode: 0,
+        reward: 0.0,
+        epsilon: 1.0,
+        checks: 0,
+        counterexamples: 0,
+    };
     loop {
         // The greedy table under the current network.
         let q = online.forward(&all_inputs)?;
@@ -402,19 +412,15 @@ pub fn learn(
             }
         }
         if proved || started.elapsed() > cfg.budget {
-            let p = Progress {
-                episode,
-                reward: 0.0,
-                epsilon: 0.1,
-                checks,
-                counterexamples: counterexamples.len(),
-            };
-            progress(&p);
+            // The last block's reward and ε, with the check that just ran.
+            last.checks = checks;
+            last.counterexamples = counterexamples.len();
+            progress(&last);
             let machine = machines.into_iter().max_by_key(|m| m.n).expect("a size");
             return Ok(LearnReport {
                 machine,
                 proved,
-                progress: p,
+                progress: last,
                 elapsed: started.elapsed(),
             });
         }
@@ -520,13 +526,14 @@ pub fn learn(
             copy_to_target()?;
             target_table.clone_from(&table);
         }
-        progress(&Progress {
+        last = Progress {
             episode,
             reward: total / scored.max(1) as f32,
             epsilon,
             checks,
             counterexamples: counterexamples.len(),
-        });
+        };
+        progress(&last);
     }
 }
 
@@ -656,6 +663,29 @@ mod tests {
     use crate::protocols::two_crash_nbac;
     use crate::run::for_each_failure;
 
+    /// Self-play stays inside the specification: no crashes where none are tolerated,
+    /// at most `t` otherwise, and crash-free runs among them.
+    #[test]
+    fn sampled_failures_crash_at_most_t_processes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for t in 0..=2 {
+            let mut crashed = [0usize; 3];
+            for _ in 0..300 {
+                let Failures::Crashes(c) = sample_failures(Spec::Nbac { t }, 3, t + 1, &mut rng)
+                else {
+                    panic!("nbac samples crashes");
+                };
+                let k = c.iter().filter(|p| p.is_some()).count();
+                assert!(k <= t, "{k} crashes with t = {t}");
+                crashed[k] += 1;
+            }
+            assert!(
+                crashed[0] > 0 && (t == 0 || crashed[t] > 0),
+                "t = {t}: {crashed:?}"
+            );
+        }
+    }
+
     /// What keeps a correct table correct under counterfactual training: averaged over
     /// every run (votes and crash patterns alike), wherever the targets rank another
     /// choice above the table's own, making that change leaves the table correct (such a
@@ -668,9 +698,7 @@ mod tests {
         let mut sums: HashMap<(usize, State), (f32, u32)> = HashMap::new();
         for votes in all_votes(3) {
             for_each_failure(spec, 3, 3, |failures| {
-                let mut replay = Replay {
-                    samples: Vec::new(),
-                };
+                let mut replay = Replay::new();
                 let episode = Episode {
                     spec,
                     rounds: 3,

@@ -81,6 +81,24 @@ fn runs_where_everyone_crashes_are_learned_through() {
     }
 }
 
+/// The report's progress is the last block's (its reward and ε), not placeholders.
+#[test]
+fn the_report_carries_the_last_blocks_figures() {
+    let mut cfg = LearnConfig::new(Spec::Nbac { t: 1 }, 3, 1);
+    cfg.budget = Duration::from_secs(1);
+    let mut seen = Vec::new();
+    let report = learn(&cfg, |p| seen.push(p.clone())).unwrap();
+    assert!(seen.len() >= 3, "{} blocks in a second", seen.len() - 1);
+    let block = &seen[seen.len() - 2];
+    let last = &report.progress;
+    assert_eq!(
+        (last.episode, last.reward, last.epsilon),
+        (block.episode, block.reward, block.epsilon)
+    );
+    assert!(last.epsilon < 1.0, "ε decays: {last:?}");
+    assert_eq!(seen.last(), Some(last));
+}
+
 fn paper_protocol(targets: Targets) {
     let mut cfg = LearnConfig::new(Spec::Paper, 3, 1);
     cfg.targets = targets;
