@@ -515,6 +515,45 @@ fn still_serves(addr: SocketAddr) {
     }
 }
 
+/// The server reads ahead: frames split anywhere (inside the length prefix too) and
+/// frames sharing one segment are each answered once, in any mix.
+#[test]
+fn frames_in_pieces_and_frames_sharing_a_segment_are_each_answered() {
+    let c = Cluster::start(0x5E41_0012);
+    let addr = c.addrs()[c.follower()];
+    let frame = |id| {
+        encode_frame(&ClientRequest {
+            id,
+            body: Request::Diagnostic,
+        })
+        .unwrap()
+    };
+    let mut s = raw(addr);
+    // One frame a byte at a time, each byte its own segment.
+    s.set_nodelay(true).unwrap();
+    for byte in frame(1) {
+        s.write_all(&[byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Three frames in one write, the last one's tail held back for a moment.
+    let mut three: Vec<u8> = [2, 3, 4].into_iter().flat_map(frame).collect();
+    let tail = three.split_off(three.len() - 3);
+    s.write_all(&three).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    s.write_all(&tail).unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut ids: Vec<u64> = (0..4)
+        .map(|_| {
+            let reply: ClientReply =
+                decode(&read_frame(&mut reader, DEFAULT_MAX_FRAME).unwrap()).unwrap();
+            assert!(matches!(reply.body, Reply::Status { .. }), "{reply:?}");
+            reply.id
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4]);
+}
+
 #[test]
 fn bad_input_gets_an_error_or_a_close_and_the_server_keeps_serving() {
     let c = Cluster::start(0x5E41_0005);

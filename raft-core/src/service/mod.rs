@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -303,6 +303,12 @@ fn lock_count(count: &Mutex<usize>) -> std::sync::MutexGuard<'_, usize> {
     count.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A connection's read half.
+type Reader = BufReader<OwnedReadHalf>;
+
+/// Bytes a connection reads ahead: many small pipelined requests, or a large one's start.
+const READ_BUFFER: usize = 16 << 10;
+
 async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     // A duplicate of the socket for the answering threads (see `Replies`).
@@ -326,6 +332,9 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
         queued,
         max_frame: shared.max_frame,
     });
+    // Buffered, so that a frame's prefix and payload (and any frames pipelined behind
+    // them) arrive in one read instead of a system call each.
+    let rd = BufReader::with_capacity(READ_BUFFER, rd);
     if let Some(rd) = read_loop(rd, replies, &shared).await {
         // Closing on purpose: let the last reply go out, then read (and discard) what the
         // peer still sends for a moment, so that closing does not reset the connection
@@ -338,11 +347,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
 
 /// Reads requests until the peer closes; returns the read half if the connection must be
 /// closed after a last reply.
-async fn read_loop(
-    mut rd: OwnedReadHalf,
-    out: Arc<Replies>,
-    shared: &Arc<Shared>,
-) -> Option<OwnedReadHalf> {
+async fn read_loop(mut rd: Reader, out: Arc<Replies>, shared: &Arc<Shared>) -> Option<Reader> {
     let slots = Arc::new(Semaphore::new(shared.max_in_flight));
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX];
@@ -467,7 +472,7 @@ fn append_frame(buf: &mut Vec<u8>, reply: &ClientReply, max_frame: usize) {
     }
 }
 
-async fn drain(mut rd: OwnedReadHalf) {
+async fn drain(mut rd: Reader) {
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         let mut sink = vec![0u8; 16 << 10];
         let mut total = 0usize;
