@@ -129,6 +129,17 @@ pub enum LearnMethod {
     DqnTd,
 }
 
+impl LearnMethod {
+    /// The method as `--method` spells it, for reports and saved protocols.
+    pub fn name(self) -> &'static str {
+        match self {
+            LearnMethod::Smt => "smt",
+            LearnMethod::Dqn => "dqn",
+            LearnMethod::DqnTd => "dqn-td",
+        }
+    }
+}
+
 /// Arguments of `weft learn`.
 #[derive(Debug, Args)]
 pub struct LearnArgs {

@@ -294,8 +294,7 @@ pub fn run_learn(args: &LearnArgs) -> anyhow::Result<()> {
         machine,
         method: match args.method {
             LearnMethod::Smt => "smt".into(),
-            LearnMethod::Dqn => format!("dqn (seed {})", args.seed),
-            LearnMethod::DqnTd => format!("dqn-td (seed {})", args.seed),
+            learner => format!("{} (seed {})", learner.name(), args.seed),
         },
         verified,
     };

@@ -64,14 +64,6 @@ struct Report {
     extrapolations: Vec<Extrapolation>,
 }
 
-fn method_name(m: LearnMethod) -> &'static str {
-    match m {
-        LearnMethod::Dqn => "dqn",
-        LearnMethod::DqnTd => "dqn-td",
-        LearnMethod::Smt => "smt",
-    }
-}
-
 fn rounds_for(spec: Spec) -> usize {
     match spec {
         Spec::Paper => 2,
@@ -109,7 +101,7 @@ impl Row {
             rounds: r.rounds,
             anonymous_states: r.anonymous,
             encoding: format!("{:?}", r.encoding),
-            method: method_name(r.method).into(),
+            method: r.method.name().into(),
             seed: r.seed,
             proved: false,
             failure,
@@ -171,7 +163,7 @@ fn skipped(r: &Recipe, why: String) -> Row {
         "{} n={:?} {}: skipped ({why})",
         r.spec,
         r.sizes,
-        method_name(r.method)
+        r.method.name()
     );
     Row::of(r, Some(why))
 }
@@ -301,19 +293,19 @@ fn extrapolate(
         if !ok {
             println!(
                 "  {spec} {} learned at n = {learned_at:?}: refuted at n = {n}",
-                method_name(method)
+                method.name()
             );
             break;
         }
         largest = n;
         println!(
             "  {spec} {} learned at n = {learned_at:?}: proved at n = {n}",
-            method_name(method)
+            method.name()
         );
     }
     Ok(Extrapolation {
         spec: spec.to_string(),
-        method: method_name(method).into(),
+        method: method.name().into(),
         learned_at,
         verification,
         largest_n_proved: largest,
