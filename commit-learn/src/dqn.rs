@@ -611,15 +611,11 @@ impl Episode<'_> {
         replay: &mut Replay<Counterfactual>,
         rng: &mut ChaCha8Rng,
     ) -> (f32, usize) {
-        let consulted = |m: &Machine| -> BTreeSet<usize> {
-            let mut used = BTreeSet::new();
-            execute_with(m, self.votes, self.failures.clone(), self.rounds, |_, i| {
-                used.insert(i);
-            });
-            used
-        };
-        let (rewards, _) = self.play(&base);
-        let greedy = consulted(&base);
+        // The entries a run consulted, from the trace `play` keeps anyway.
+        let consulted =
+            |trace: Vec<Vec<usize>>| -> BTreeSet<usize> { trace.into_iter().flatten().collect() };
+        let (rewards, trace) = self.play(&base);
+        let greedy = consulted(trace);
         // A run where every process crashes in round 1 consults nothing.
         let evaluate: Vec<usize> = if !greedy.is_empty() && rng.gen_bool(epsilon as f64) {
             let changed = *greedy
@@ -627,7 +623,7 @@ impl Episode<'_> {
                 .nth(rng.gen_range(0..greedy.len()))
                 .expect("an index below the length");
             base.table[changed] = rng.gen_range(0..base.states);
-            let reached = consulted(&base);
+            let reached = consulted(self.play(&base).1);
             std::iter::once(changed)
                 .chain(reached.difference(&greedy).copied())
                 .collect()
