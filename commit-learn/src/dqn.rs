@@ -63,9 +63,9 @@ pub enum Targets {
     /// did (a premature commit that leaves another process blocked costs only the
     /// blocked one), and others' exploration drowns out rare penalties.
     Temporal,
-    /// Counterfactual: the episode is replayed with the target network's greedy table
-    /// and, for each entry the run consults, once per possible next state with only that
-    /// entry changed; each replay's team reward (mean over processes) is the target for
+    /// Counterfactual: the episode is replayed with a greedy table frozen along with the
+    /// target network and, for each entry the run consults, once per possible next state
+    /// with only that entry changed; each replay's team reward (mean over processes) is the target for
     /// that entry and state. Choices are compared on the same run, an outcome is
     /// credited to the entry that caused it, and nobody else's exploration blurs it, so
     /// a correct table stays correct: where the targets prefer another choice to its own,
@@ -381,7 +381,9 @@ pub fn learn(
     let mut checks = 0usize;
     let decay_episodes = (cfg.episodes_per_check * 4) as f32;
     let votes_all: Vec<Vec<Vec<State>>> = sizes.iter().map(|n| all_votes(*n).collect()).collect();
-    // The greedy table under the target network: what counterfactual replays play.
+    // The greedy table frozen along with the target network: what counterfactual replays
+    // play. It is taken at the start of the block whose end refreshes the target, so it
+    // trails the target network by that block's training.
     let mut target_table: Option<Vec<State>> = None;
     let mut last = Progress {
         episode: 0,
@@ -598,7 +600,7 @@ impl Episode<'_> {
         (rewards.iter().sum(), rewards.len())
     }
 
-    /// The counterfactual episode on `base` (the target network's greedy table): with
+    /// The counterfactual episode on `base` (the table frozen with the target network): with
     /// probability `epsilon` one consulted entry is changed at random, and that entry and
     /// the ones the change newly reaches are evaluated; otherwise every consulted entry
     /// is. Evaluating an entry replays the episode once per next state with only that
