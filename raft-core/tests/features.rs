@@ -451,6 +451,53 @@ fn heartbeat_answers_leave_early_unless_their_term_is_new() {
         .any(|m| matches!(m.body, Body::AppendResponse { .. })));
 }
 
+/// Appends that arrive in one pass are acknowledged once, at the highest index, after the
+/// one persist that covers them all; a rejection is never folded into an acknowledgement.
+#[test]
+fn a_burst_of_appends_is_acknowledged_once() {
+    use weft_raft::{Body, Entry, Payload};
+    let entry = |index| Entry {
+        term: 1,
+        index,
+        payload: Payload::Command(Bytes::from_static(b"x")),
+    };
+    let append = |prev_index, entries| Body::Append {
+        prev_index,
+        prev_term: u64::from(prev_index > 0),
+        entries,
+        commit: 0,
+    };
+    let acks = |rd: &weft_raft::Ready| -> Vec<(bool, u64)> {
+        rd.messages
+            .iter()
+            .chain(&rd.early_messages)
+            .filter_map(|m| match m.body {
+                Body::AppendResponse { success, index, .. } => Some((success, index)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut n = follower();
+    n.step(from_leader(1, append(0, vec![entry(1)])));
+    n.step(from_leader(1, append(1, vec![entry(2), entry(3)])));
+    n.step(from_leader(1, append(3, vec![entry(4)])));
+    let rd = n.ready();
+    assert_eq!(
+        rd.entries.len(),
+        4,
+        "all four entries are persisted together"
+    );
+    assert_eq!(acks(&rd), vec![(true, 4)]);
+    n.advance(&rd);
+    // A gap is rejected; the acknowledgement after it is not folded into the rejection.
+    n.step(from_leader(1, append(9, vec![entry(10)])));
+    n.step(from_leader(1, append(4, vec![entry(5)])));
+    let rd = n.ready();
+    let got = acks(&rd);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(!got[0].0 && got[1] == (true, 5), "{got:?}");
+}
+
 /// Only entries, a snapshot, or a new term or vote need an fsync (etcd's `MustSync`); a
 /// Ready that only moves the commit index does not, which spares every write a second
 /// fsync on every node.
