@@ -133,6 +133,12 @@ fn a_small_matrix_and_election_trials_on_local_clusters() {
     let ratio = format!("{:.2} ×", p50 as f64 / (rtt + shared_sync) as f64);
     assert!(table.contains(&ratio), "{ratio} not in {table}");
     assert!(table.contains("3 at once p50"), "{table}");
+    // And the least a replicated write can take here: one more round trip on top.
+    let least = format!(
+        "{:.2} × floor",
+        (2 * rtt + shared_sync) as f64 / (rtt + sync) as f64
+    );
+    assert!(table.contains(&least), "{least} not in {table}");
     // So is the ceiling, once per client count of the matrix.
     let ceilings = b["echo_ceiling"].as_array().unwrap();
     let counts: Vec<u64> = ceilings
@@ -144,6 +150,12 @@ fn a_small_matrix_and_election_trials_on_local_clusters() {
     let rate = r["cells"][1]["requests_per_s"].as_f64().unwrap();
     let share = format!("{:.1} %", 100.0 * rate / ceiling);
     assert!(table.contains(&share), "{share} not in {table}");
+    // Beside it, the same clients against a tokio server.
+    let tokio = ceilings[1]["tokio_requests_per_s"].as_f64().unwrap();
+    assert!(
+        table.contains(&format!("(tokio: {tokio:.0})")),
+        "{tokio} not in {table}"
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! count of the matrix, the request rate that many clients (with as many requests in flight
 //! each as the matrix's clients keep) reach against a server that does nothing but answer
 //! (the ceiling a replicated write cannot pass on this machine, since every put pays the
-//! same socket calls and wake-ups before any Raft work).
+//! same socket calls and wake-ups before any Raft work). That server is measured twice:
+//! a thread per connection (the machine's ceiling) and a tokio runtime with as many
+//! workers as the client service has (what the service's own socket handling leaves).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+
+use weft_raft::service::ServerConfig;
 
 use crate::latency::{Recorder, Summary};
 
@@ -56,16 +60,27 @@ pub struct SharedSync {
 }
 
 /// The request rate of `clients` clients, one connection and `in_flight` `MESSAGE`-byte
-/// requests in flight each (a new one sent as each echo returns), against a
-/// thread-per-connection echo server.
+/// requests in flight each (a new one sent as each echo returns), against an echo server.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ceiling {
     /// Concurrent clients.
     pub clients: u32,
     /// Requests each client kept in flight.
     pub in_flight: u32,
-    /// Round trips completed per second, all clients together.
+    /// Round trips completed per second, all clients together, against a
+    /// thread-per-connection server.
     pub requests_per_s: f64,
+    /// The same against a tokio server with the client service's default worker count.
+    pub tokio_requests_per_s: f64,
+}
+
+/// How the echo server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EchoServer {
+    /// A blocking thread per connection.
+    Threads,
+    /// A task per connection on a multi-threaded tokio runtime with this many workers.
+    Tokio(usize),
 }
 
 impl Baseline {
@@ -82,6 +97,16 @@ impl Baseline {
             .iter()
             .find(|s| s.writers == servers)
             .map(|s| self.tcp_round_trip.p50_ns + s.fdatasync.p50_ns)
+    }
+
+    /// The least a replicated write can take on a local cluster of `servers` nodes, medians,
+    /// in nanoseconds, if the shared sync was measured: the client's round trip to the
+    /// leader, the leader's round trip to a follower, and the nodes' syncs at once on the
+    /// disk they share. Above `1.5 ×` [`Baseline::floor_ns`], the latency target
+    /// is out of reach on this machine whatever the implementation does.
+    pub fn replicated_floor_ns(&self, servers: u32) -> Option<u64> {
+        self.shared_floor_ns(servers)
+            .map(|shared| shared + self.tcp_round_trip.p50_ns)
     }
 
     /// The shared syncs as `N at once p50 X ms` items, for the logs and the summary.
@@ -113,10 +138,11 @@ impl Baseline {
             .iter()
             .map(|c| {
                 format!(
-                    "{} clients{} {:.0} req/s",
+                    "{} clients{} {:.0} req/s (tokio: {:.0})",
                     c.clients,
                     in_flight(c.in_flight),
-                    c.requests_per_s
+                    c.requests_per_s,
+                    c.tokio_requests_per_s
                 )
             })
             .collect::<Vec<_>>()
@@ -153,7 +179,17 @@ impl Baseline {
                 .collect::<anyhow::Result<_>>()?,
             echo_ceiling: counts
                 .into_iter()
-                .map(|c| echo_ceiling(c, in_flight, CEILING_RUN))
+                .map(|c| {
+                    let rate = |server| echo_ceiling(c, in_flight, CEILING_RUN, server);
+                    let tokio =
+                        EchoServer::Tokio(ServerConfig::new(([127, 0, 0, 1], 0).into()).workers);
+                    Ok(Ceiling {
+                        clients: c,
+                        in_flight,
+                        requests_per_s: rate(EchoServer::Threads)?,
+                        tokio_requests_per_s: rate(tokio)?,
+                    })
+                })
                 .collect::<anyhow::Result<_>>()?,
         })
     }
@@ -203,22 +239,22 @@ fn tcp_round_trip() -> anyhow::Result<Summary> {
     rec.summary().context("no round trip recorded")
 }
 
-fn echo_ceiling(clients: u32, in_flight: u32, run: Duration) -> anyhow::Result<Ceiling> {
+/// Round trips per second of `clients` closed-loop clients with `in_flight` requests
+/// each, against `server`.
+fn echo_ceiling(
+    clients: u32,
+    in_flight: u32,
+    run: Duration,
+    server: EchoServer,
+) -> anyhow::Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let conns = (0..clients)
-            .map(|_| {
-                let s = listener.accept()?.0;
-                Ok(std::thread::spawn(move || echo(s)))
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        for c in conns {
-            // A connection that failed only lowers the rate the clients see.
-            let _ = c.join();
+    let server = match server {
+        EchoServer::Threads => std::thread::spawn(move || serve_threads(&listener, clients)),
+        EchoServer::Tokio(workers) => {
+            std::thread::spawn(move || serve_tokio(listener, clients, workers))
         }
-        Ok(())
-    });
+    };
     let start_line = Arc::new(Barrier::new(clients as usize + 1));
     let workers = (0..clients)
         .map(|_| {
@@ -258,10 +294,55 @@ fn echo_ceiling(clients: u32, in_flight: u32, run: Duration) -> anyhow::Result<C
     server
         .join()
         .map_err(|_| anyhow::anyhow!("the echo server panicked"))??;
-    Ok(Ceiling {
-        clients,
-        in_flight,
-        requests_per_s: total as f64 / elapsed,
+    Ok(total as f64 / elapsed)
+}
+
+/// Echoes `clients` connections, a thread each, until every one hangs up.
+fn serve_threads(listener: &TcpListener, clients: u32) -> std::io::Result<()> {
+    let conns = (0..clients)
+        .map(|_| {
+            let s = listener.accept()?.0;
+            Ok(std::thread::spawn(move || echo(s)))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for c in conns {
+        // A connection that failed only lowers the rate the clients see.
+        let _ = c.join();
+    }
+    Ok(())
+}
+
+/// Echoes `clients` connections, a task each on a tokio runtime with `workers` worker
+/// threads, until every one hangs up.
+fn serve_tokio(listener: TcpListener, clients: u32, workers: usize) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_io()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let mut conns = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let mut s = listener.accept().await?.0;
+            s.set_nodelay(true)?;
+            conns.spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return, // the client is done
+                        Ok(k) => {
+                            if s.write_all(&buf[..k]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        while conns.join_next().await.is_some() {}
+        Ok(())
     })
 }
 
@@ -345,16 +426,27 @@ mod tests {
             Some(b.tcp_round_trip.p50_ns + b.shared_fdatasync[0].fdatasync.p50_ns)
         );
         assert_eq!(b.shared_floor_ns(1), None);
+        assert_eq!(
+            b.replicated_floor_ns(3),
+            Some(b.shared_floor_ns(3).unwrap() + b.tcp_round_trip.p50_ns)
+        );
+        assert_eq!(b.replicated_floor_ns(1), None);
         assert!(b.tcp_round_trip.p50_ns > 0 && b.fdatasync.p50_ns > 0);
         assert_eq!(b.floor_ns(), b.tcp_round_trip.p50_ns + b.fdatasync.p50_ns);
         let counts: Vec<u32> = b.echo_ceiling.iter().map(|c| c.clients).collect();
         assert_eq!(counts, [1, 2], "one ceiling per distinct client count");
         assert!(b.ceiling(2).unwrap() > 0.0);
         assert_eq!(b.ceiling(3), None);
-        // With requests in flight, every one sent is echoed and the depth is recorded.
-        let deep = echo_ceiling(2, 8, Duration::from_millis(300)).unwrap();
-        assert_eq!(deep.in_flight, 8);
-        assert!(deep.requests_per_s > 0.0);
+        assert!(b
+            .echo_ceiling
+            .iter()
+            .all(|c| c.in_flight == 1 && c.tokio_requests_per_s > 0.0));
+        // With requests in flight, both servers echo every one sent (a lost echo would
+        // leave its client waiting, and this call with it).
+        for server in [EchoServer::Threads, EchoServer::Tokio(2)] {
+            let rate = echo_ceiling(2, 8, Duration::from_millis(300), server).unwrap();
+            assert!(rate > 0.0, "{server:?}");
+        }
         assert!(
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "the sync file is removed"

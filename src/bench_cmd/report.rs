@@ -142,6 +142,18 @@ impl Report {
                     "shared floor (one file per node synced at once, as a local cluster's nodes share this disk): fdatasync {}",
                     b.shared_line()
                 );
+                for s in &b.shared_fdatasync {
+                    if let Some(least) = b.replicated_floor_ns(s.writers) {
+                        let _ = writeln!(
+                            t,
+                            "least replicated write on {} nodes here (client round trip + leader-follower round trip + {} syncs at once): {:.3} ms = {:.2} × floor",
+                            s.writers,
+                            s.writers,
+                            ms(least),
+                            least as f64 / b.floor_ns().max(1) as f64
+                        );
+                    }
+                }
             }
             let _ = writeln!(
                 t,
