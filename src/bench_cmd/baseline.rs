@@ -43,6 +43,11 @@ pub struct Baseline {
     /// `fdatasync` after appending `MESSAGE` bytes to a file beside the nodes' data, into
     /// space reserved ahead as the log's segments do.
     pub fdatasync: Summary,
+    /// The mean CPU time the syncing thread spends on each of those `fdatasync` calls, in
+    /// nanoseconds (the wait for the disk not included; nor the kernel's I/O completion
+    /// work elsewhere): every node pays it for each batch it makes durable, which bounds
+    /// the writes per second a machine's cores can sync.
+    pub fdatasync_cpu_ns: u64,
     /// The same, with one file per node synced at once, by server count of the matrix.
     pub shared_fdatasync: Vec<SharedSync>,
     /// Echoes per second that many closed-loop clients reach, by client count.
@@ -164,16 +169,18 @@ impl Baseline {
             v
         };
         let counts = distinct(clients);
+        let (one_sync, fdatasync_cpu_ns) = fdatasync(dir, 1)?;
         Ok(Baseline {
             tcp_round_trip: tcp_round_trip()?,
-            fdatasync: fdatasync(dir, 1)?,
+            fdatasync: one_sync,
+            fdatasync_cpu_ns,
             shared_fdatasync: distinct(servers)
                 .into_iter()
                 .filter(|&n| n > 1)
                 .map(|writers| {
                     Ok(SharedSync {
                         writers,
-                        fdatasync: fdatasync(dir, writers)?,
+                        fdatasync: fdatasync(dir, writers)?.0,
                     })
                 })
                 .collect::<anyhow::Result<_>>()?,
@@ -349,7 +356,8 @@ fn serve_tokio(listener: TcpListener, clients: u32, workers: usize) -> std::io::
 /// `SYNCS` measured syncs of each of `writers` threads, each appending `MESSAGE` bytes
 /// at a time to its own file in `dir`, into space reserved beforehand (as the log does;
 /// where the file system cannot reserve, plain appends).
-fn fdatasync(dir: &Path, writers: u32) -> anyhow::Result<Summary> {
+/// Returns the syncs' latencies and their mean CPU time on the syncing threads.
+fn fdatasync(dir: &Path, writers: u32) -> anyhow::Result<(Summary, u64)> {
     std::fs::create_dir_all(dir)?;
     let total = SYNCS + SYNCS / 10;
     // Every file is ready before any thread starts: a failure here leaves none waiting
@@ -374,31 +382,51 @@ fn fdatasync(dir: &Path, writers: u32) -> anyhow::Result<Summary> {
             let start = Arc::clone(&start);
             std::thread::spawn(move || {
                 let record = [0x5au8; MESSAGE];
-                let mut took = Vec::with_capacity(SYNCS);
+                let (mut took, mut cpu) = (Vec::with_capacity(SYNCS), Duration::ZERO);
                 start.wait();
                 let result = (0..total).try_for_each(|i| {
                     f.write_all_at(&record, (i * MESSAGE) as u64)?;
-                    let t = Instant::now();
+                    let (t, c) = (Instant::now(), thread_cpu());
                     f.sync_data()?;
                     if i >= SYNCS / 10 {
+                        cpu += thread_cpu().saturating_sub(c);
                         took.push(t.elapsed());
                     }
                     std::io::Result::Ok(())
                 });
                 drop(f);
                 let _ = std::fs::remove_file(&path);
-                result.map(|()| took)
+                result.map(|()| (took, cpu))
             })
         })
         .collect();
-    let mut rec = Recorder::new()?;
+    let (mut rec, mut cpu) = (Recorder::new()?, Duration::ZERO);
     for t in threads {
-        let took = t
+        let (took, spent) = t
             .join()
             .map_err(|_| anyhow::anyhow!("a sync thread panicked"))??;
         took.into_iter().for_each(|d| rec.record(d));
+        cpu += spent;
     }
-    rec.summary().context("no fdatasync recorded")
+    let summary = rec.summary().context("no fdatasync recorded")?;
+    let cpu_ns = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX) / summary.count.max(1);
+    Ok((summary, cpu_ns))
+}
+
+/// The CPU time this thread has used (zero where the clock cannot be read).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
@@ -432,6 +460,11 @@ mod tests {
         );
         assert_eq!(b.replicated_floor_ns(1), None);
         assert!(b.tcp_round_trip.p50_ns > 0 && b.fdatasync.p50_ns > 0);
+        assert!(
+            b.fdatasync_cpu_ns > 0 && b.fdatasync_cpu_ns < b.fdatasync.max_ns,
+            "a sync takes some CPU, and less than its wall time: {}",
+            b.fdatasync_cpu_ns
+        );
         assert_eq!(b.floor_ns(), b.tcp_round_trip.p50_ns + b.fdatasync.p50_ns);
         let counts: Vec<u32> = b.echo_ceiling.iter().map(|c| c.clients).collect();
         assert_eq!(counts, [1, 2], "one ceiling per distinct client count");

@@ -60,9 +60,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.pipeline,
     )?;
     eprintln!(
-        "bench: floor: loopback TCP round trip p50 {:.3} ms, fdatasync p50 {:.3} ms ({}); echo ceiling: {}",
+        "bench: floor: loopback TCP round trip p50 {:.3} ms, fdatasync p50 {:.3} ms (CPU {:.1} µs each; {}); echo ceiling: {}",
         floor.tcp_round_trip.p50_ns as f64 / 1e6,
         floor.fdatasync.p50_ns as f64 / 1e6,
+        floor.fdatasync_cpu_ns as f64 / 1e3,
         floor.shared_line(),
         floor.ceiling_line()
     );

@@ -131,10 +131,11 @@ impl Report {
         if let Some(b) = &self.baseline {
             let _ = writeln!(
                 t,
-                "\nfloor (measured before the matrix): loopback TCP round trip p50 {:.3} ms + fdatasync p50 {:.3} ms = {:.3} ms",
+                "\nfloor (measured before the matrix): loopback TCP round trip p50 {:.3} ms + fdatasync p50 {:.3} ms = {:.3} ms (each fdatasync takes {:.1} µs of CPU)",
                 ms(b.tcp_round_trip.p50_ns),
                 ms(b.fdatasync.p50_ns),
-                ms(b.floor_ns())
+                ms(b.floor_ns()),
+                b.fdatasync_cpu_ns as f64 / 1e3
             );
             if !b.shared_fdatasync.is_empty() {
                 let _ = writeln!(
