@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use weft_raft::service::ServerConfig;
+use weft_raft::service::DEFAULT_WORKERS;
 
 use crate::latency::{Recorder, Summary};
 
@@ -107,8 +107,8 @@ impl Baseline {
     /// The least a replicated write can take on a local cluster of `servers` nodes, medians,
     /// in nanoseconds, if the shared sync was measured: the client's round trip to the
     /// leader, the leader's round trip to a follower, and the nodes' syncs at once on the
-    /// disk they share. Above `1.5 ×` [`Baseline::floor_ns`], the latency target
-    /// is out of reach on this machine whatever the implementation does.
+    /// disk they share. Where it exceeds 1.5 × [`Baseline::floor_ns`] (the service's
+    /// latency target), no implementation can meet that target on this machine.
     pub fn replicated_floor_ns(&self, servers: u32) -> Option<u64> {
         self.shared_floor_ns(servers)
             .map(|shared| shared + self.tcp_round_trip.p50_ns)
@@ -188,8 +188,7 @@ impl Baseline {
                 .into_iter()
                 .map(|c| {
                     let rate = |server| echo_ceiling(c, in_flight, CEILING_RUN, server);
-                    let tokio =
-                        EchoServer::Tokio(ServerConfig::new(([127, 0, 0, 1], 0).into()).workers);
+                    let tokio = EchoServer::Tokio(DEFAULT_WORKERS);
                     Ok(Ceiling {
                         clients: c,
                         in_flight,

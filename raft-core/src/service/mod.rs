@@ -52,6 +52,9 @@ use protocol::{
     Request, RequestId, DEFAULT_MAX_FRAME, LENGTH_PREFIX, UNKNOWN_REQUEST,
 };
 
+/// Worker threads of a client service's tokio runtime unless configured otherwise.
+pub const DEFAULT_WORKERS: usize = 2;
+
 /// Settings of a client service.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -69,7 +72,7 @@ pub struct ServerConfig {
     /// How long the rest of a frame may take once its length prefix arrived; past it the
     /// connection is closed. Default 10 s.
     pub frame_timeout: Duration,
-    /// Worker threads of the server's runtime. Default 2.
+    /// Worker threads of the server's runtime. Default [`DEFAULT_WORKERS`].
     pub workers: usize,
     /// The id of this node's cluster: a [`Request::Hello`] naming another is refused with
     /// [`ErrorKind::WrongCluster`]. `None` (the default) welcomes any.
@@ -86,7 +89,7 @@ impl ServerConfig {
             max_in_flight: 4096,
 
             frame_timeout: Duration::from_secs(10),
-            workers: 2,
+            workers: DEFAULT_WORKERS,
             cluster: None,
         }
     }
