@@ -1,18 +1,7 @@
 //! [`RawNode`]: the application's handle on the Raft state machine, with etcd/raft's
 //! `Ready` contract.
 //!
-//! The caller loops: feed in ticks, messages and proposals; when [`RawNode::has_ready`],
-//! take a [`Ready`], then in this order (0) send its `early_messages`, (1) persist its
-//! snapshot, hard state and entries (fsync), (2) send its `messages`, (3) apply its snapshot
-//! and committed entries, and (4) call [`RawNode::advance`]. The early messages are the
-//! leader's appends and heartbeats, which may overlap the leader's own fsync because the
-//! leader counts itself towards a commit only once its entries are durable (thesis
-//! §10.2.1), and a follower's heartbeat answers, which claim nothing about its log and so
-//! need not queue behind its writes (a leader that hears no answers for an election
-//! timeout steps down, so a follower with a long write queue would otherwise depose a
-//! healthy leader). Messages that acknowledge entries are only sent after those entries are
-//! durable, so nothing acknowledged can be lost in a crash. Nothing leaves early while the
-//! term or vote it rests on is not durable yet.
+//! The contract is on [`RawNode`], where the crate's users see it.
 
 use bytes::Bytes;
 
@@ -41,7 +30,7 @@ pub struct SoftState {
     pub role: Role,
 }
 
-/// Everything the caller must do after a batch of input; see the [module docs](self).
+/// Everything the caller must do after a batch of input; see [`RawNode`].
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Changed leader or role, if either changed.
@@ -116,7 +105,21 @@ impl Durable {
     }
 }
 
-/// A Raft node without I/O: see the [module docs](self).
+/// A Raft node without I/O, with etcd/raft's `Ready` contract.
+///
+/// The caller loops: feed in ticks, messages and proposals; when [`RawNode::has_ready`],
+/// take a [`Ready`], then in this order (0) send its `early_messages`, (1) persist its
+/// snapshot, hard state and entries (fsync), (2) send its `messages`, (3) apply its snapshot
+/// and committed entries, and (4) call [`RawNode::advance`]. The early messages are the
+/// leader's appends and heartbeats, which may overlap the leader's own fsync because the
+/// leader counts itself towards a commit only once its entries are durable (thesis
+/// §10.2.1), and a follower's heartbeat answers, which claim nothing about its log and so
+/// need not queue behind its writes (a leader that hears no answers for an election
+/// timeout steps down, so a follower with a long write queue would otherwise depose a
+/// healthy leader). Messages that acknowledge entries are only sent after those entries are
+/// durable, so nothing acknowledged can be lost in a crash. Nothing leaves early while the
+/// term or vote it rests on is not durable yet. A follower that takes several appends
+/// from its leader in one batch acknowledges them once, for the highest index.
 pub struct RawNode {
     raft: Raft,
     last_hard: HardState,
@@ -293,7 +296,7 @@ impl RawNode {
         }
     }
 
-    /// Takes what must be persisted, sent and applied; see the [module docs](self).
+    /// Takes what must be persisted, sent and applied; see [`RawNode`].
     pub fn ready(&mut self) -> Ready {
         self.raft.flush_appends();
         let hard = self.raft.hard_state();
