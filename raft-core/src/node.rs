@@ -13,6 +13,7 @@
 //! Back-pressure: requests enter through a bounded queue; when it is full, `submit` says
 //! `Busy` at once instead of letting latency grow without bound.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
@@ -608,6 +609,52 @@ struct Runtime {
     halted: bool,
 }
 
+/// Work left for the end of a pass (see [`at_pass_end`]).
+type LeftWork = Vec<Box<dyn FnOnce()>>;
+
+thread_local! {
+    /// Work left for the end of the pass running on this thread; `None` outside a pass.
+    static PASS_END: RefCell<Option<LeftWork>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` once the node's pass running on this thread is over, or at once if no pass
+/// is running here. For an answer whose work is cheaper done once for all the answers of
+/// a pass: the client service writes all of a connection's replies from one pass in one
+/// system call instead of one each.
+pub fn at_pass_end(work: impl FnOnce() + 'static) {
+    let mut work = Some(Box::new(work) as Box<dyn FnOnce()>);
+    PASS_END.with(|d| {
+        if let Some(left) = d.borrow_mut().as_mut() {
+            left.extend(work.take());
+        }
+    });
+    if let Some(now) = work {
+        now();
+    }
+}
+
+/// Runs `pass` as a pass of a node: work given to [`at_pass_end`] meanwhile runs once it
+/// returns (a panic in such work is logged, not spread: the pass itself is over).
+pub(crate) fn as_pass<R>(pass: impl FnOnce() -> R) -> R {
+    let _end = PassEnd(PASS_END.with(|d| d.borrow_mut().replace(Vec::new())));
+    pass()
+}
+
+/// Ends a pass (see [`as_pass`]), also when it unwinds: runs the work left for its end,
+/// and restores what an enclosing pass had left.
+struct PassEnd(Option<LeftWork>);
+
+impl Drop for PassEnd {
+    fn drop(&mut self) {
+        let left = PASS_END.with(|d| std::mem::replace(&mut *d.borrow_mut(), self.0.take()));
+        for work in left.into_iter().flatten() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                tracing::error!("work left for the end of a pass panicked");
+            }
+        }
+    }
+}
+
 /// Passes a thread runs in a row for work others queued meanwhile, before it leaves the
 /// rest to the Raft thread: a receive or storage thread has its own work to get back to.
 const PASSES_HERE: usize = 2;
@@ -807,11 +854,15 @@ impl Runtime {
     /// Runs `f` (a pass), halting the node if it panics. Why: a pass that panicked may
     /// have handed a Ready it never persisted, so no later pass may acknowledge anything;
     /// the node stops as it did when its one thread died, whichever thread ran the pass.
+    /// Work the pass's answers left for its end (see [`at_pass_end`]) runs once it is over,
+    /// whether it ended or panicked.
     fn guarded(&mut self, f: impl FnOnce(&mut Runtime) -> bool) -> bool {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
-            Ok(halted) => halted,
-            Err(_) => self.halt("a pass of the node panicked".into()),
-        }
+        as_pass(
+            || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+                Ok(halted) => halted,
+                Err(_) => self.halt("a pass of the node panicked".into()),
+            },
+        )
     }
 
     /// Halts the node on a failure `e` (of storage, or a panic); returns `true`.
@@ -1489,5 +1540,39 @@ pub fn send_messages(transport: &dyn Transport, messages: &[Message]) {
         if let Err(e) = r {
             tracing::trace!(to = ?to, error = %e, "send failed; raft will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    /// Work left for the end of a pass runs after everything the pass does, in the order
+    /// it was left, also when the pass panics; outside a pass it runs at once.
+    #[test]
+    fn work_left_for_the_end_of_a_pass_runs_when_it_ends() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let note = |what: &'static str| {
+            let log = Rc::clone(&log);
+            move || log.borrow_mut().push(what)
+        };
+        at_pass_end(note("outside"));
+        as_pass(|| {
+            at_pass_end(note("first"));
+            at_pass_end(note("second"));
+            log.borrow_mut().push("pass");
+        });
+        assert_eq!(*log.borrow(), ["outside", "pass", "first", "second"]);
+        log.borrow_mut().clear();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            as_pass(|| {
+                at_pass_end(note("left"));
+                panic!("the pass fails");
+            })
+        }));
+        assert!(unwound.is_err());
+        at_pass_end(note("after"));
+        assert_eq!(*log.borrow(), ["left", "after"], "no pass is left open");
     }
 }

@@ -23,9 +23,10 @@
 //! sockets. No tokio worker ever waits for the node: a worker runs the node's pass for the
 //! request it submits only if no other thread is running one (at a follower that pass may
 //! include an fsync of appends that arrived meanwhile). Each request hands the node a
-//! callback that writes the answer to the socket at once (non-blocking, on the answering
-//! thread) when nothing is queued ahead of it, and otherwise pushes it into the
-//! connection's reply queue for its writer task, so an answer costs no extra thread hop.
+//! callback that writes the answer to the socket on the answering thread (non-blocking,
+//! together with the connection's other answers from the same pass of the node) when
+//! nothing is queued ahead of it, and otherwise pushes it into the connection's reply
+//! queue for its writer task, so an answer costs no extra thread hop.
 //! The node answers every request, at the latest with a timeout. Dropping the [`Server`]
 //! stops the runtime and closes every connection.
 
@@ -44,7 +45,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::kv::{KvCommand, KvOutcome, KvRequest};
-use crate::node::{NodeError, NodeHandle, ReadResult};
+use crate::node::{at_pass_end, NodeError, NodeHandle, ReadResult};
 use crate::{NodeId, ProposeError};
 
 use protocol::{
@@ -246,64 +247,115 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 enum Out {
     /// A reply, and the in-flight slot it frees once written.
     Reply(ClientReply, Option<OwnedSemaphorePermit>),
-    /// The unwritten rest of a reply begun on the answering thread, and its slot.
-    Rest(Vec<u8>, OwnedSemaphorePermit),
+    /// Encoded replies (or the unwritten rest of them) from an answering thread, and the
+    /// slots they free.
+    Rest(Vec<u8>, Vec<OwnedSemaphorePermit>),
     /// A last reply; then the connection closes.
     Close(ClientReply),
 }
 
 /// A connection's way out: replies are written on the answering thread while nothing is
 /// queued for the writer task, and queued behind what is. Why: handing a reply to the
-/// writer task is a thread wake-up (tens of microseconds) on every request's path.
+/// writer task is a thread wake-up (tens of microseconds) on every request's path. The
+/// replies one pass of the node gives are held until the pass ends and written together,
+/// so that a pipelining client's answers cost one system call per pass, not one each.
 struct Replies {
     queue: UnboundedSender<Out>,
     /// A non-blocking duplicate of the connection's socket, for the answering thread
     /// (std's writes on Linux never raise SIGPIPE).
     socket: std::net::TcpStream,
-    /// Replies queued for the writer task and not yet written; the lock also orders a
-    /// write here against the queue. Shared with the writer task, which holds no sender of
-    /// the queue: it ends once the reader and every pending answer are done.
-    queued: Arc<Mutex<usize>>,
+    /// Shared with the writer task, which holds no sender of the queue: it ends once the
+    /// reader and every pending answer are done. The lock also orders a write here
+    /// against the queue.
+    way: Arc<Mutex<Way>>,
     max_frame: usize,
 }
 
+/// What a connection's way out holds under its lock.
+#[derive(Default)]
+struct Way {
+    /// Items queued for the writer task and not yet written.
+    queued: usize,
+    /// Replies held for the end of the pass that gave them, encoded, and the slots they
+    /// free once written. Only held while nothing is queued: whatever is queued later
+    /// takes them along first, so replies leave in the order they were given.
+    held: Vec<u8>,
+    held_slots: Vec<OwnedSemaphorePermit>,
+    /// A write of `held` is due at the end of a pass.
+    flush_due: bool,
+}
+
 impl Replies {
-    /// Queues `out` for the writer task.
+    /// Queues `out` for the writer task, behind any held replies.
     fn queue(&self, out: Out) {
-        self.push(&mut lock_count(&self.queued), out);
+        let mut way = lock_way(&self.way);
+        self.queue_held(&mut way);
+        self.push(&mut way, out);
     }
 
-    /// Queues `out` under the count's lock, counting it.
-    fn push(&self, queued: &mut usize, out: Out) {
-        *queued += 1;
+    /// Queues `out` under the lock, counting it.
+    fn push(&self, way: &mut Way, out: Out) {
+        way.queued += 1;
         let _ = self.queue.send(out);
     }
 
-    /// Writes `reply` now if nothing is queued ahead of it, as far as the socket takes it;
-    /// queues the rest (or all of it) for the writer task.
-    fn reply(&self, reply: ClientReply, slot: OwnedSemaphorePermit) {
-        let mut queued = lock_count(&self.queued);
-        if *queued > 0 {
-            return self.push(&mut queued, Out::Reply(reply, Some(slot)));
+    /// Hands the held replies to the writer task.
+    fn queue_held(&self, way: &mut Way) {
+        if !way.held.is_empty() {
+            let rest = Out::Rest(
+                std::mem::take(&mut way.held),
+                std::mem::take(&mut way.held_slots),
+            );
+            self.push(way, rest);
         }
-        let mut frame = Vec::new();
-        append_frame(&mut frame, &reply, self.max_frame);
-        let written = match (&self.socket).write(&frame) {
+    }
+
+    /// Holds `reply` for the end of the node's pass running on this thread (at once
+    /// outside a pass), or queues it behind what is queued already.
+    fn reply(self: &Arc<Self>, reply: ClientReply, slot: OwnedSemaphorePermit) {
+        let mut way = lock_way(&self.way);
+        if way.queued > 0 {
+            return self.push(&mut way, Out::Reply(reply, Some(slot)));
+        }
+        append_frame(&mut way.held, &reply, self.max_frame);
+        way.held_slots.push(slot);
+        if !way.flush_due {
+            way.flush_due = true;
+            drop(way);
+            let replies = Arc::clone(self);
+            at_pass_end(move || replies.flush());
+        }
+    }
+
+    /// Writes the held replies now if nothing is queued ahead of them, as far as the
+    /// socket takes them; queues the rest (or all of them) for the writer task.
+    fn flush(&self) {
+        let mut way = lock_way(&self.way);
+        way.flush_due = false;
+        if way.held.is_empty() {
+            return; // taken along by something queued since
+        }
+        if way.queued > 0 {
+            return self.queue_held(&mut way);
+        }
+        let mut frames = std::mem::take(&mut way.held);
+        let slots = std::mem::take(&mut way.held_slots);
+        let written = match (&self.socket).write(&frames) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
             Err(_) => return, // the peer is gone, as for the writer task
         };
-        if written < frame.len() {
-            frame.drain(..written);
-            self.push(&mut queued, Out::Rest(frame, slot));
+        if written < frames.len() {
+            frames.drain(..written);
+            self.push(&mut way, Out::Rest(frames, slots));
         }
     }
 }
 
-fn lock_count(count: &Mutex<usize>) -> std::sync::MutexGuard<'_, usize> {
-    // A count is whole after any panic.
-    count.lock().unwrap_or_else(|e| e.into_inner())
+fn lock_way(way: &Mutex<Way>) -> std::sync::MutexGuard<'_, Way> {
+    // A way out is whole after any panic: each change to it is one assignment.
+    way.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A connection's read half.
@@ -327,12 +379,12 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     };
     let (rd, wr) = stream.into_split();
     let (tx, rx) = unbounded_channel();
-    let queued = Arc::new(Mutex::new(0));
-    let writer = tokio::spawn(write_loop(wr, rx, Arc::clone(&queued), shared.max_frame));
+    let way = Arc::new(Mutex::new(Way::default()));
+    let writer = tokio::spawn(write_loop(wr, rx, Arc::clone(&way), shared.max_frame));
     let replies = Arc::new(Replies {
         queue: tx,
         socket: dup,
-        queued,
+        way,
         max_frame: shared.max_frame,
     });
     // Buffered, so that a frame's prefix and payload (and any frames pipelined behind
@@ -402,12 +454,12 @@ async fn read_loop(mut rd: Reader, out: Arc<Replies>, shared: &Arc<Shared>) -> O
     }
 }
 
-/// Writes what is queued, in order, batched; `queued` counts it down once written (see
+/// Writes what is queued, in order, batched; counts it down in `way` once written (see
 /// [`Replies`]).
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: UnboundedReceiver<Out>,
-    queued: Arc<Mutex<usize>>,
+    way: Arc<Mutex<Way>>,
     max_frame: usize,
 ) {
     const BATCH: usize = 256 << 10;
@@ -425,9 +477,9 @@ async fn write_loop(
                     append_frame(&mut buf, &reply, max_frame);
                     slots.extend(slot);
                 }
-                Out::Rest(rest, slot) => {
+                Out::Rest(rest, freed) => {
                     buf.extend_from_slice(&rest);
-                    slots.push(slot);
+                    slots.extend(freed);
                 }
                 Out::Close(reply) => {
                     append_frame(&mut buf, &reply, max_frame);
@@ -450,8 +502,8 @@ async fn write_loop(
             let _ = wr.shutdown().await;
             return;
         }
-        let mut count = lock_count(&queued);
-        *count = count.saturating_sub(taken);
+        let mut way = lock_way(&way);
+        way.queued = way.queued.saturating_sub(taken);
     }
 }
 
@@ -668,4 +720,127 @@ fn read(node: &NodeHandle, key: Option<String>, consistency: Consistency, replie
             })
         }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::node::as_pass;
+
+    /// A connection's way out over a connected loopback pair, the service's end
+    /// non-blocking as `Replies` writes it; the client's end, and the writer's queue.
+    fn way_out() -> (Arc<Replies>, std::net::TcpStream, UnboundedReceiver<Out>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let socket = listener.accept().unwrap().0;
+        socket.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let (queue, rx) = unbounded_channel();
+        let replies = Arc::new(Replies {
+            queue,
+            socket,
+            way: Arc::new(Mutex::new(Way::default())),
+            max_frame: DEFAULT_MAX_FRAME,
+        });
+        (replies, client, rx)
+    }
+
+    fn answer(id: RequestId) -> ClientReply {
+        ClientReply {
+            id,
+            body: Reply::TransferStarted,
+        }
+    }
+
+    fn frames(ids: &[RequestId]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for &id in ids {
+            append_frame(&mut buf, &answer(id), DEFAULT_MAX_FRAME);
+        }
+        buf
+    }
+
+    /// Whether the client can read anything now.
+    fn readable(client: &mut std::net::TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        !matches!(client.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads `len` bytes, waiting up to five seconds for them.
+    fn read(client: &mut std::net::TcpStream, len: usize) -> Vec<u8> {
+        let (mut got, began) = (vec![0u8; len], Instant::now());
+        let mut at = 0;
+        while at < len && began.elapsed() < Duration::from_secs(5) {
+            match client.read(&mut got[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got.truncate(at);
+        got
+    }
+
+    /// The replies one pass gives a connection are held until the pass ends, then written
+    /// together, and only then free their in-flight slots; outside a pass a reply is
+    /// written at once.
+    #[test]
+    fn the_replies_of_one_pass_leave_together_when_it_ends() {
+        let (replies, mut client, mut rx) = way_out();
+        let slots = Arc::new(Semaphore::new(4));
+        let slot = || Arc::clone(&slots).try_acquire_owned().unwrap();
+        as_pass(|| {
+            replies.reply(answer(1), slot());
+            replies.reply(answer(2), slot());
+            replies.reply(answer(3), slot());
+            assert!(!readable(&mut client), "nothing leaves during the pass");
+            assert_eq!(slots.available_permits(), 1);
+        });
+        let want = frames(&[1, 2, 3]);
+        assert_eq!(read(&mut client, want.len()), want);
+        assert_eq!(
+            slots.available_permits(),
+            4,
+            "written replies free their slots"
+        );
+        assert!(rx.try_recv().is_err(), "nothing went to the writer task");
+        replies.reply(answer(4), slot());
+        let want = frames(&[4]);
+        assert_eq!(read(&mut client, want.len()), want);
+    }
+
+    /// Something queued for the writer task during a pass (a last reply, say) takes the
+    /// replies held so far along ahead of it, so that replies leave in the order given and
+    /// nothing follows a connection's last reply.
+    #[test]
+    fn what_is_queued_during_a_pass_goes_behind_the_held_replies() {
+        let (replies, mut client, mut rx) = way_out();
+        let slots = Arc::new(Semaphore::new(4));
+        let slot = || Arc::clone(&slots).try_acquire_owned().unwrap();
+        as_pass(|| {
+            replies.reply(answer(1), slot());
+            replies.reply(answer(2), slot());
+            replies.queue(Out::Close(answer(3)));
+            replies.reply(answer(4), slot());
+        });
+        assert!(
+            !readable(&mut client),
+            "the writer task writes, not the pass"
+        );
+        match rx.try_recv() {
+            Ok(Out::Rest(bytes, freed)) => {
+                assert_eq!(bytes, frames(&[1, 2]));
+                assert_eq!(freed.len(), 2);
+            }
+            _ => panic!("the held replies come first"),
+        }
+        assert!(matches!(rx.try_recv(), Ok(Out::Close(r)) if r.id == 3));
+        assert!(matches!(rx.try_recv(), Ok(Out::Reply(r, Some(_))) if r.id == 4));
+        assert_eq!(lock_way(&replies.way).queued, 3);
+    }
 }
