@@ -730,9 +730,18 @@ mod tests {
     use super::*;
     use crate::node::as_pass;
 
+    /// What a test holds of one connection: its way out, the client's end of the socket,
+    /// the writer task's queue, and four in-flight slots.
+    type Connection = (
+        Arc<Replies>,
+        std::net::TcpStream,
+        UnboundedReceiver<Out>,
+        Arc<Semaphore>,
+    );
+
     /// A connection's way out over a connected loopback pair, the service's end
-    /// non-blocking as `Replies` writes it; the client's end, and the writer's queue.
-    fn way_out() -> (Arc<Replies>, std::net::TcpStream, UnboundedReceiver<Out>) {
+    /// non-blocking as `Replies` writes it.
+    fn way_out() -> Connection {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let socket = listener.accept().unwrap().0;
@@ -745,7 +754,11 @@ mod tests {
             way: Arc::new(Mutex::new(Way::default())),
             max_frame: DEFAULT_MAX_FRAME,
         });
-        (replies, client, rx)
+        (replies, client, rx, Arc::new(Semaphore::new(4)))
+    }
+
+    fn slot(slots: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+        Arc::clone(slots).try_acquire_owned().unwrap()
     }
 
     fn answer(id: RequestId) -> ClientReply {
@@ -791,13 +804,11 @@ mod tests {
     /// written at once.
     #[test]
     fn the_replies_of_one_pass_leave_together_when_it_ends() {
-        let (replies, mut client, mut rx) = way_out();
-        let slots = Arc::new(Semaphore::new(4));
-        let slot = || Arc::clone(&slots).try_acquire_owned().unwrap();
+        let (replies, mut client, mut rx, slots) = way_out();
         as_pass(|| {
-            replies.reply(answer(1), slot());
-            replies.reply(answer(2), slot());
-            replies.reply(answer(3), slot());
+            for id in 1..=3 {
+                replies.reply(answer(id), slot(&slots));
+            }
             assert!(!readable(&mut client), "nothing leaves during the pass");
             assert_eq!(slots.available_permits(), 1);
         });
@@ -809,7 +820,7 @@ mod tests {
             "written replies free their slots"
         );
         assert!(rx.try_recv().is_err(), "nothing went to the writer task");
-        replies.reply(answer(4), slot());
+        replies.reply(answer(4), slot(&slots));
         let want = frames(&[4]);
         assert_eq!(read(&mut client, want.len()), want);
     }
@@ -819,14 +830,12 @@ mod tests {
     /// nothing follows a connection's last reply.
     #[test]
     fn what_is_queued_during_a_pass_goes_behind_the_held_replies() {
-        let (replies, mut client, mut rx) = way_out();
-        let slots = Arc::new(Semaphore::new(4));
-        let slot = || Arc::clone(&slots).try_acquire_owned().unwrap();
+        let (replies, mut client, mut rx, slots) = way_out();
         as_pass(|| {
-            replies.reply(answer(1), slot());
-            replies.reply(answer(2), slot());
+            replies.reply(answer(1), slot(&slots));
+            replies.reply(answer(2), slot(&slots));
             replies.queue(Out::Close(answer(3)));
-            replies.reply(answer(4), slot());
+            replies.reply(answer(4), slot(&slots));
         });
         assert!(
             !readable(&mut client),
