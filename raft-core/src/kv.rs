@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::kv_map::KvMap;
 use crate::types::Index;
 
 /// A write to the dictionary.
@@ -89,16 +90,16 @@ struct Session {
 
 /// The dictionary and its client sessions.
 ///
-/// The dictionary is a persistent hash array mapped trie ([`imbl::HashMap`]): every
-/// replica inserts every write, and on a large map an ordered tree's string comparisons and
-/// cache misses per level were most of a node's apply time (no operation needs key order;
-/// [`KvStore::all`] sorts on demand). Unlike a flat hash table it never stops to rehash
-/// everything at once, and a clone shares its structure, so a snapshot is taken in O(1)
-/// and serialized on another thread while the node goes on applying. Snapshot bytes are
-/// not canonical across replicas, only their contents are.
+/// The dictionary is a hash map in shards (see [`crate::kv_map`]): every replica inserts
+/// every write, and on a large map an ordered tree's string comparisons and cache misses
+/// per level were most of a node's apply time (no operation needs key order;
+/// [`KvStore::all`] sorts on demand). A shard grows, and rehashes, alone, so no write
+/// waits for the whole state to be rehashed; a clone shares the shards, so a snapshot is
+/// taken in O(shards) and serialized on another thread while the node goes on applying.
+/// Snapshot bytes are not canonical across replicas, only their contents are.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvStore {
-    map: imbl::HashMap<String, Bytes>,
+    map: KvMap,
     sessions: BTreeMap<u64, Session>,
     applied: Index,
 }
@@ -135,7 +136,7 @@ impl KvStore {
 
     /// Whether the dictionary is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// Marks `index` applied without a command (empty and membership entries).

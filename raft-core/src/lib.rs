@@ -15,6 +15,7 @@
 pub mod client;
 mod config;
 pub mod kv;
+mod kv_map;
 pub mod lincheck;
 pub mod log;
 mod message;
