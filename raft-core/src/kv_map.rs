@@ -28,6 +28,8 @@ const SHARDS: usize = 256;
 pub(crate) struct KvMap {
     shards: Vec<Arc<HashMap<String, Bytes>>>,
     len: usize,
+    /// The keys' and values' bytes together.
+    bytes: usize,
 }
 
 impl Default for KvMap {
@@ -35,6 +37,7 @@ impl Default for KvMap {
         KvMap {
             shards: (0..SHARDS).map(|_| Arc::default()).collect(),
             len: 0,
+            bytes: 0,
         }
     }
 }
@@ -54,9 +57,14 @@ impl KvMap {
     /// Sets `key` to `value`; returns the value it replaced.
     pub fn insert(&mut self, key: String, value: Bytes) -> Option<Bytes> {
         let shard = Arc::make_mut(&mut self.shards[shard_of(&key)]);
+        let (key_len, value_len) = (key.len(), value.len());
         let previous = shard.insert(key, value);
-        if previous.is_none() {
-            self.len += 1;
+        match &previous {
+            Some(old) => self.bytes = self.bytes - old.len() + value_len,
+            None => {
+                self.len += 1;
+                self.bytes += key_len + value_len;
+            }
         }
         previous
     }
@@ -69,6 +77,7 @@ impl KvMap {
         }
         let previous = Arc::make_mut(slot).remove(key);
         self.len -= 1;
+        self.bytes -= key.len() + previous.as_ref().map_or(0, Bytes::len);
         previous
     }
 
@@ -81,11 +90,16 @@ impl KvMap {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// The keys' and values' bytes together: what a serialized copy needs, framing aside.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 impl PartialEq for KvMap {
     fn eq(&self, other: &KvMap) -> bool {
-        self.len == other.len && self.shards == other.shards
+        self.len == other.len && self.bytes == other.bytes && self.shards == other.shards
     }
 }
 
@@ -140,6 +154,12 @@ mod tests {
         assert_eq!(map.remove("k2"), None);
         map.insert("new".into(), Bytes::new());
         assert_eq!((map.len(), frozen.len()), (1000, 1000));
+        let counted: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(
+            map.bytes(),
+            counted,
+            "replaced, removed and new entries counted"
+        );
         assert_eq!(frozen.get("k1"), Some(&Bytes::from(vec![1])));
         assert!(frozen.get("k2").is_some() && frozen.get("new").is_none());
         assert_eq!(map.get("k1"), Some(&Bytes::from(vec![2])));
