@@ -53,6 +53,24 @@ use protocol::{
     Request, RequestId, DEFAULT_MAX_FRAME, LENGTH_PREFIX, UNKNOWN_REQUEST,
 };
 
+/// Connections a client service's listener queues before it accepts them. Why not the
+/// usual 128: when a leader changes, every client a follower redirects connects to the
+/// new leader at once, and past the queue the kernel drops the handshake's last packet,
+/// which costs that client a second (the handshake's first retransmission). The kernel
+/// caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a [`LISTEN_BACKLOG`] of queued connections.
+async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Worker threads of a client service's tokio runtime unless configured otherwise.
 pub const DEFAULT_WORKERS: usize = 2;
 
@@ -172,7 +190,7 @@ pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceErr
         .enable_io()
         .enable_time()
         .build()?;
-    let listener = runtime.block_on(TcpListener::bind(cfg.listen))?;
+    let listener = runtime.block_on(listen(cfg.listen))?;
     let local_addr = listener.local_addr()?;
 
     let peers = Arc::new(RwLock::new(cfg.peers_clients.clone()));
@@ -823,6 +841,28 @@ mod tests {
         replies.reply(answer(4), slot(&slots));
         let want = frames(&[4]);
         assert_eq!(read(&mut client, want.len()), want);
+    }
+
+    /// A burst of connections larger than the usual backlog of 128 all get through the
+    /// handshake while nobody accepts (as a leader's clients reconnect at once after an
+    /// election): past the backlog the kernel would drop them for a second.
+    #[test]
+    fn a_burst_of_connections_waits_in_the_listen_queue() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(listen(([127, 0, 0, 1], 0).into()))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let burst: Vec<_> = (0..300)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(burst.len(), 300);
     }
 
     /// Something queued for the writer task during a pass (a last reply, say) takes the
