@@ -229,9 +229,10 @@ pub fn run(
             std::thread::Builder::new()
                 .name(format!("bench-client-{i}"))
                 .spawn(move || {
-                    // Connect (and find the leader) before the clock starts: the runs
-                    // measure steady writes, not a storm of connection set-ups.
-                    let _ = client.get("bench-warm-up");
+                    // Connect to the leader before the clock starts: the runs measure
+                    // steady writes, not a storm of connection set-ups. A write, since a
+                    // follower answers reads itself and would keep the client.
+                    let _ = client.put("bench-warm-up", value.clone());
                     let key = |k: u64| format!("bench-{i}-{k}");
                     let share = Share {
                         n,
