@@ -200,9 +200,11 @@ fn the_matrix_runs_against_a_running_cluster() {
         r["elections"].is_null(),
         "no election trials against nodes we do not own"
     );
-    // The puts really landed in the cluster.
+    // The puts really landed in the cluster, beside the key each client warmed up with.
     let mut client = cluster.client(Duration::from_secs(10)).unwrap();
-    assert_eq!(client.get_all().unwrap().len(), 100);
+    let all = client.get_all().unwrap();
+    assert_eq!(all.len(), 101);
+    assert!(all.contains_key("bench-warm-up"));
 
     // Again with 8 puts in flight per client: every one acknowledged, and the ceiling is
     // measured with as many in flight.
