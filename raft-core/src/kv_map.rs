@@ -6,9 +6,10 @@
 //! shard after that copies the shard (`Arc::make_mut`), later ones insert in place. Under
 //! the snapshot policy (a snapshot only once the commands applied since outweigh the
 //! last one) that is at most about one copied entry per write, where the persistent trie
-//! used before copied a path of nodes on every write while a snapshot was being written
-//! (`cargo bench -p weft-bench --bench kv_apply` compares the two costs with a plain
-//! `HashMap`).
+//! used before copied a path of nodes on every write while a snapshot was being written,
+//! and took half as long again per put without one (`cargo bench -p weft-bench --bench
+//! kv_apply` measures a put against a plain `HashMap` insert: 398 ns against 165 ns; the
+//! trie's was 604 ns).
 
 use std::collections::HashMap;
 use std::fmt;
