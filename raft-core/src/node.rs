@@ -1235,8 +1235,8 @@ impl Runtime {
         }
     }
 
-    /// Starts a snapshot once enough has been applied: the store is cloned here (O(1), its
-    /// map shares structure) and serialized on a thread of its own, since serializing a
+    /// Starts a snapshot once enough has been applied: the store is cloned here (cheaply:
+    /// its map's shards are shared) and serialized on a thread of its own, since serializing a
     /// large state here would silence this node for longer than an election timeout.
     fn maybe_snapshot(&mut self) {
         let applied = self.kv.applied();
