@@ -296,11 +296,10 @@ struct Way {
     queued: usize,
     /// Replies held for the end of the pass that gave them, encoded, and the slots they
     /// free once written. Only held while nothing is queued: whatever is queued later
-    /// takes them along first, so replies leave in the order they were given.
+    /// takes them along first, so replies leave in the order they were given. The reply
+    /// that finds it empty has it flushed.
     held: Vec<u8>,
     held_slots: Vec<OwnedSemaphorePermit>,
-    /// A write of `held` is due at the end of a pass.
-    flush_due: bool,
 }
 
 impl Replies {
@@ -335,10 +334,10 @@ impl Replies {
         if way.queued > 0 {
             return self.push(&mut way, Out::Reply(reply, Some(slot)));
         }
+        let first = way.held.is_empty();
         append_frame(&mut way.held, &reply, self.max_frame);
         way.held_slots.push(slot);
-        if !way.flush_due {
-            way.flush_due = true;
+        if first {
             drop(way);
             let replies = Arc::clone(self);
             at_pass_end(move || replies.flush());
@@ -349,7 +348,6 @@ impl Replies {
     /// socket takes them; queues the rest (or all of them) for the writer task.
     fn flush(&self) {
         let mut way = lock_way(&self.way);
-        way.flush_due = false;
         if way.held.is_empty() {
             return; // taken along by something queued since
         }
