@@ -582,7 +582,22 @@ fn snapshots_space_out_as_the_state_grows() {
         write(&h, &put(9, i + 1, &format!("key-{i}"), &value));
     }
     assert_eq!(read(&h, "key-199").as_deref(), Some(value.as_bytes()));
-    let seen = seen.lock().unwrap().clone();
+    // Snapshots are serialized and stored off the node's thread, so the last ones may
+    // still be on their way when the last write is answered (on a busy machine, all of
+    // them): wait until the snapshotting settles.
+    let settled = |seen: &std::sync::Mutex<Vec<(u64, usize)>>| {
+        let mut last = seen.lock().unwrap().len();
+        let began = std::time::Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = seen.lock().unwrap().len();
+            if (now == last && now >= 2) || began.elapsed() > Duration::from_secs(5) {
+                return seen.lock().unwrap().clone();
+            }
+            last = now;
+        }
+    };
+    let seen = settled(&seen);
     // Every entry brings at most 1,100 bytes, so a gap of g entries carries at most
     // 1,100 g command bytes; it must carry as many as the snapshot before it.
     for pair in seen.windows(2) {
