@@ -49,7 +49,7 @@ use crate::node::{at_pass_end, NodeError, NodeHandle, ReadResult};
 use crate::{NodeId, ProposeError};
 
 use protocol::{
-    decode, encode_frame, frame_len, ClientReply, ClientRequest, Consistency, ErrorKind, Reply,
+    append_frame_of, decode, frame_len, ClientReply, ClientRequest, Consistency, ErrorKind, Reply,
     Request, RequestId, DEFAULT_MAX_FRAME, LENGTH_PREFIX, UNKNOWN_REQUEST,
 };
 
@@ -525,22 +525,17 @@ async fn write_loop(
 
 /// Appends `reply` as a frame; a reply too large for a frame becomes an error reply.
 fn append_frame(buf: &mut Vec<u8>, reply: &ClientReply, max_frame: usize) {
-    let frame = match encode_frame(reply) {
-        Ok(f) if f.len() - LENGTH_PREFIX <= max_frame => f,
-        Ok(f) => fallback(
-            reply.id,
-            format!(
-                "reply of {} bytes exceeds the maximum frame of {max_frame}",
-                f.len() - LENGTH_PREFIX
-            ),
-        ),
-        Err(e) => fallback(reply.id, format!("reply cannot be encoded: {e}")),
+    let start = buf.len();
+    let why = match append_frame_of(buf, reply) {
+        Ok(len) if len <= max_frame => return,
+        Ok(len) => {
+            buf.truncate(start);
+            format!("reply of {len} bytes exceeds the maximum frame of {max_frame}")
+        }
+        Err(e) => format!("reply cannot be encoded: {e}"),
     };
-    buf.extend_from_slice(&frame);
-
-    fn fallback(id: RequestId, message: String) -> Vec<u8> {
-        encode_frame(&error(id, ErrorKind::FrameTooLarge, message)).unwrap_or_default()
-    }
+    // An error this small always encodes.
+    let _ = append_frame_of(buf, &error(reply.id, ErrorKind::FrameTooLarge, why));
 }
 
 async fn drain(mut rd: Reader) {

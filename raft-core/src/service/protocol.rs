@@ -294,15 +294,38 @@ pub enum FrameError {
 
 /// Encodes `msg` as one frame: length prefix and MessagePack payload (a map per struct).
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; LENGTH_PREFIX];
-    rmp_serde::encode::write_named(&mut out, msg)?;
-    let len = out.len() - LENGTH_PREFIX;
-    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge {
-        len,
-        max: u32::MAX as usize,
-    })?;
-    out[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    let mut out = Vec::new();
+    append_frame_of(&mut out, msg)?;
     Ok(out)
+}
+
+/// Appends `msg` as one frame to `out`, as [`encode_frame`] encodes it, without a buffer
+/// of its own (a server batching replies writes them straight into its output); returns
+/// the payload's length. On an error `out` is as it was.
+pub fn append_frame_of<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<usize, FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; LENGTH_PREFIX]);
+    let encoded = rmp_serde::encode::write_named(out, msg)
+        .map_err(FrameError::from)
+        .and_then(|()| {
+            let len = out.len() - start - LENGTH_PREFIX;
+            u32::try_from(len)
+                .map(|l| (len, l))
+                .map_err(|_| FrameError::TooLarge {
+                    len,
+                    max: u32::MAX as usize,
+                })
+        });
+    match encoded {
+        Ok((len, prefix)) => {
+            out[start..start + LENGTH_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+            Ok(len)
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
 
 /// Decodes a frame's payload (the bytes after the length prefix).
