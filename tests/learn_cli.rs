@@ -37,6 +37,20 @@ fn learn_nbac_t1(out: &std::path::Path, more: &[&str]) -> String {
     weft_ok(&args)
 }
 
+/// `weft learn --spec paper --method METHOD --vector --out OUT`; its output.
+fn learn_paper(method: &str, out: &std::path::Path) -> String {
+    weft_ok(&[
+        "learn",
+        "--spec",
+        "paper",
+        "--method",
+        method,
+        "--vector",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn learn_then_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,32 +75,14 @@ fn learn_then_verify() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("counterexample"));
     // The deep Q-learner, on the paper's specification.
     let learned = dir.path().join("paper.json");
-    let text = weft_ok(&[
-        "learn",
-        "--spec",
-        "paper",
-        "--method",
-        "dqn",
-        "--vector",
-        "--out",
-        learned.to_str().unwrap(),
-    ]);
+    let text = learn_paper("dqn", &learned);
     assert!(text.contains("deep Q-learning: proved"), "{text}");
     assert!(weft(&["verify", "--protocol", learned.to_str().unwrap()])
         .status
         .success());
     // The paper's own targets, named as such in the output and the artifact.
     let td = dir.path().join("paper-td.json");
-    let text = weft_ok(&[
-        "learn",
-        "--spec",
-        "paper",
-        "--method",
-        "dqn-td",
-        "--vector",
-        "--out",
-        td.to_str().unwrap(),
-    ]);
+    let text = learn_paper("dqn-td", &td);
     assert!(
         text.contains("deep Q-learning (TD targets): proved"),
         "{text}"
