@@ -385,11 +385,15 @@ fn fdatasync(dir: &Path, writers: u32) -> anyhow::Result<(Summary, u64)> {
                 start.wait();
                 let result = (0..total).try_for_each(|i| {
                     f.write_all_at(&record, (i * MESSAGE) as u64)?;
-                    let (t, c) = (Instant::now(), thread_cpu());
+                    // The CPU clock is read outside the timed window: reading it is a
+                    // system call, which the sync's latency must not include.
+                    let c = thread_cpu();
+                    let t = Instant::now();
                     f.sync_data()?;
+                    let latency = t.elapsed();
                     if i >= SYNCS / 10 {
                         cpu += thread_cpu().saturating_sub(c);
-                        took.push(t.elapsed());
+                        took.push(latency);
                     }
                     std::io::Result::Ok(())
                 });
