@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use weft_raft::node::{Node, RaftSettings};
-use weft_raft::service::{serve, ServerConfig};
+use weft_raft::service::serve;
+use weft_raft::service::settings::ServiceSettings;
 use weft_raft::storage::{DiskStorage, StorageOptions};
+use weft_raft::Config;
 use weft_transport::ClusterConfig;
 
 use crate::cli::RunNodeArgs;
@@ -17,12 +19,25 @@ pub fn run(args: &RunNodeArgs) -> anyhow::Result<()> {
     let id = args.id;
     let transport_cfg = cluster.transport_for(id)?;
     let settings: RaftSettings = cluster.section("raft")?;
+    let service_settings: ServiceSettings = cluster.section("service")?;
     let listen = *cluster.clients.get(&id).ok_or_else(|| {
         anyhow!(
             "{}: node {id} has no `client` address in cluster.nodes; `weft node` serves clients there",
             args.config.display()
         )
     })?;
+    // Every setting is checked, each against the others, before anything is opened.
+    let max_message = transport_cfg.max_message;
+    let node_cfg = settings
+        .node_config(id, &cluster.node_ids(), max_message)
+        .with_context(|| args.config.display().to_string())?;
+    let max_entry = node_cfg
+        .raft
+        .max_entry_bytes
+        .min(Config::room_in(max_message));
+    let mut service = service_settings
+        .server_config(listen, max_entry)
+        .with_context(|| args.config.display().to_string())?;
     let dir = args
         .data_dir
         .clone()
@@ -39,9 +54,7 @@ pub fn run(args: &RunNodeArgs) -> anyhow::Result<()> {
         "recovered"
     );
     let transport = weft_transport::open(&transport_cfg)?;
-    let node_cfg = settings.node_config(id, &cluster.node_ids());
     let node = Node::start(node_cfg, recovered, Box::new(store), transport)?;
-    let mut service = ServerConfig::new(listen);
     service.peers_clients = cluster.clients.clone();
     service.cluster = Some(cluster.cluster_id);
     let server = serve(service, node.handle())?;

@@ -19,8 +19,21 @@ pub struct Config {
     pub max_entries_per_append: usize,
     /// Most bytes of entries in one append message (at least one entry is always sent).
     pub max_bytes_per_append: usize,
+    /// The largest entry a proposal may make, as [`crate::Entry::size`] counts it: a
+    /// larger command is refused with [`crate::ProposeError::TooLarge`] instead of being
+    /// appended and then never fitting an append message. [`Config::for_fabric`] keeps it
+    /// within the largest message the transport takes.
+    pub max_entry_bytes: usize,
+    /// Most committed entries one [`crate::Ready`] hands to the application; the rest
+    /// follow in the next ones, so one pass of a runtime never applies an unbounded
+    /// stretch of the log.
+    pub max_committed_per_ready: usize,
     /// Appends in flight per follower while replicating (pipelining).
     pub max_inflight: usize,
+    /// Bytes of entries in flight per follower while replicating: what one opened
+    /// window sends to a follower far behind, so the work of a pass stays bounded
+    /// whatever its lag.
+    pub max_inflight_bytes: usize,
     /// Ask "would you vote for me?" before disrupting a cluster with a new term.
     pub pre_vote: bool,
     /// A leader that has not heard from a quorum for an election timeout steps down, and
@@ -47,6 +60,9 @@ pub struct Config {
     pub seed: u64,
 }
 
+/// The smallest entry limit accepted: room for an entry's own fields and a small command.
+pub const MIN_ENTRY_BYTES: usize = 256;
+
 /// Bytes an append message takes besides its entries' data, at most (ids, terms, indexes,
 /// per-entry framing of a full batch): what [`Config::for_fabric`] leaves free.
 const APPEND_FIELDS: usize = 4096;
@@ -61,7 +77,10 @@ impl Config {
             heartbeat_tick: 1,
             max_entries_per_append: 100,
             max_bytes_per_append: 1 << 20,
+            max_entry_bytes: 1 << 20,
+            max_committed_per_ready: 1024,
             max_inflight: 256,
+            max_inflight_bytes: 4 << 20,
             pre_vote: true,
             check_quorum: true,
             lease_reads: false,
@@ -76,14 +95,31 @@ impl Config {
     /// `total_order` and a candidate's own request delivered in that order (`loopback`);
     /// barrier epochs refine them where the fabric has `barrier`. Appends are kept within
     /// the largest message the transport takes (less room for the message's own fields),
-    /// so a fabric without the fragment layer is not handed batches it must refuse.
+    /// and so are the largest entry and a snapshot chunk, so a fabric is never handed a
+    /// message it must refuse (which would stall replication for good).
     pub fn for_fabric(mut self, caps: &Capabilities) -> Config {
         self.follow_order(caps);
         if caps.max_message > 0 {
-            let room = caps.max_message.saturating_sub(APPEND_FIELDS).max(1);
+            let room = Config::room_in(caps.max_message);
             self.max_bytes_per_append = self.max_bytes_per_append.min(room);
+            self.max_entry_bytes = self.max_entry_bytes.min(room);
+            self.snapshot_chunk = self.snapshot_chunk.min(room);
         }
         self
+    }
+
+    /// The replication window per follower.
+    pub(crate) fn window(&self) -> crate::progress::Window {
+        crate::progress::Window {
+            appends: self.max_inflight,
+            bytes: self.max_inflight_bytes,
+        }
+    }
+
+    /// The largest entry (or snapshot chunk) that fits a message of `max_message` bytes
+    /// beside the message's own fields.
+    pub fn room_in(max_message: usize) -> usize {
+        max_message.saturating_sub(APPEND_FIELDS).max(1)
     }
 
     /// The election settings `caps` allow (the part of [`Config::for_fabric`] that can
@@ -106,8 +142,19 @@ impl Config {
         if self.heartbeat_tick == 0 || self.election_tick <= self.heartbeat_tick {
             return bad("election_tick must exceed heartbeat_tick, which must be at least 1");
         }
-        if self.max_entries_per_append == 0 || self.max_inflight == 0 || self.snapshot_chunk == 0 {
-            return bad("max_entries_per_append, max_inflight and snapshot_chunk must be positive");
+        if self.max_entries_per_append == 0
+            || self.max_inflight == 0
+            || self.max_inflight_bytes == 0
+            || self.snapshot_chunk == 0
+            || self.max_committed_per_ready == 0
+        {
+            return bad("max_entries_per_append, max_inflight, max_inflight_bytes, snapshot_chunk and max_committed_per_ready must be positive");
+        }
+        if self.max_entry_bytes < MIN_ENTRY_BYTES {
+            return bad(&format!(
+                "max_entry_bytes must be at least {MIN_ENTRY_BYTES}, not {}",
+                self.max_entry_bytes
+            ));
         }
         if self.lease_reads && !self.check_quorum {
             return bad("lease_reads requires check_quorum");

@@ -42,6 +42,10 @@ pub enum KvCommand {
     },
 }
 
+/// Bytes a write command takes in the log besides its key and values, at most (the
+/// client id, sequence number, variant and headers of its MessagePack encoding).
+pub const KV_COMMAND_FIELDS: usize = 64;
+
 /// A client's write as it travels in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvRequest {

@@ -120,13 +120,14 @@ impl RaftLog {
         self.entries.get((index - self.snap_index - 1) as usize)
     }
 
-    /// Entries from `lo` up to `hi` inclusive, stopping early once `max_bytes` is passed
-    /// (at least one entry is returned when any is available).
-    pub fn slice(&self, lo: Index, hi: Index, max_bytes: usize) -> Vec<Entry> {
+    /// Entries from `lo` up to `hi` inclusive, at most `max_entries` of them, stopping
+    /// early once `max_bytes` is passed (at least one entry is returned when any is
+    /// available). Only what is returned is cloned, so the cost follows the smaller limit.
+    pub fn slice(&self, lo: Index, hi: Index, max_bytes: usize, max_entries: usize) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut i = lo.max(self.first_index());
-        while i <= hi.min(self.last_index()) {
+        while i <= hi.min(self.last_index()) && out.len() < max_entries {
             let e = self.entry(i).expect("within bounds");
             bytes += e.size();
             if !out.is_empty() && bytes > max_bytes {
@@ -221,12 +222,14 @@ impl RaftLog {
 
     /// Entries not yet handed to storage.
     pub fn unstable(&self) -> Vec<Entry> {
-        self.slice(self.taken + 1, self.last_index(), usize::MAX)
+        self.slice(self.taken + 1, self.last_index(), usize::MAX, usize::MAX)
     }
 
-    /// Entries committed but not yet handed to the application.
-    pub fn to_apply(&self) -> Vec<Entry> {
-        self.slice(self.applied + 1, self.committed, usize::MAX)
+    /// Entries committed but not yet handed to the application, at most `max` of them
+    /// (the rest come with the next call), so that applying a long committed stretch
+    /// does not hold one pass of the node for its whole length.
+    pub fn to_apply(&self, max: usize) -> Vec<Entry> {
+        self.slice(self.applied + 1, self.committed, usize::MAX, max)
     }
 
     /// Installs a snapshot received from the leader (§7). If our entry at the snapshot's
@@ -285,6 +288,16 @@ mod tests {
     }
 
     #[test]
+    fn a_slice_stops_at_whichever_limit_comes_first() {
+        let l = log_of(&[1; 10_000]);
+        assert_eq!(l.slice(1, 10_000, usize::MAX, 100).len(), 100);
+        // Each empty entry counts 24 bytes: the byte limit stops it after 10.
+        assert_eq!(l.slice(1, 10_000, 240, 100).len(), 10);
+        assert_eq!(l.slice(1, 10_000, 1, 100).len(), 1, "one entry always goes");
+        assert_eq!(l.slice(9_999, 10_000, usize::MAX, 100).len(), 2);
+    }
+
+    #[test]
     fn conflict_hints_skip_a_whole_term() {
         let mut l = log_of(&[1, 1, 2, 2, 2]);
         assert_eq!(
@@ -317,7 +330,7 @@ mod tests {
         assert_eq!(l.term(2), Some(1));
         assert_eq!(l.term(1), None);
         assert_eq!(l.first_index(), 3);
-        assert_eq!(l.slice(1, 4, usize::MAX).len(), 2);
+        assert_eq!(l.slice(1, 4, usize::MAX, usize::MAX).len(), 2);
         assert_eq!(
             l.append_from_leader(1, 1, &[e(1, 2), e(2, 3), e(3, 4), e(3, 5)]),
             Ok(5)

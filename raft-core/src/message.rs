@@ -87,6 +87,8 @@ pub enum Body {
         meta: SnapshotMeta,
         /// Byte offset of `data` in the snapshot.
         offset: u64,
+        /// The whole snapshot's size: the receiver takes no byte beyond it.
+        total: u64,
         /// The chunk.
         data: Bytes,
         /// Whether this is the last chunk.

@@ -149,6 +149,15 @@ pub enum NodeError {
     /// cannot reach a quorum); a write's outcome is unknown.
     #[error("no answer in time; the outcome is unknown")]
     Timeout,
+    /// The command would make a log entry larger than the node takes
+    /// ([`crate::Config::max_entry_bytes`]); it was not appended. Permanent.
+    #[error("entry of {size} bytes exceeds the largest entry of {max} bytes")]
+    TooLarge {
+        /// The entry's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The request was refused for another reason.
     #[error("{0}")]
     Refused(String),
@@ -210,6 +219,10 @@ pub struct Status {
     /// Whether elections go by the fabric's order right now.
     #[serde(default)]
     pub ordered_elections: bool,
+    /// The longest pass of the node since it started, in microseconds: peers count
+    /// silence in ticks, so a pass near a tick long puts leadership at risk.
+    #[serde(default)]
+    pub longest_pass_us: u64,
 }
 
 /// How the node answers a request: called exactly once, on whichever thread runs the pass
@@ -234,7 +247,6 @@ enum Request {
     },
     Membership(Vec<Change>, Answer<Index>),
     Transfer(NodeId, Answer<()>),
-    Status(Sender<Status>),
 }
 
 /// A handle to a running node; cheap to clone and share across threads.
@@ -250,12 +262,29 @@ pub struct NodeHandle {
     /// client service's thread proposes the write itself instead of waking the Raft
     /// thread. Weak, so that handles do not keep a stopped node's runtime alive.
     core: Weak<Core>,
+    /// Diagnostic requests, apart from the request queue: every pass answers them, also
+    /// while storage is backlogged and client requests wait, so an operator can always
+    /// see what a busy node is doing.
+    diagnostics: Sender<Sender<Status>>,
+    /// Their queue's other end, to drop what is left in it once the node is gone (the
+    /// waiting caller then hears at once that there is no answer).
+    diagnostics_rx: Receiver<Sender<Status>>,
+    /// The shortest election timeout: how long a client had better wait before it asks
+    /// again a node that knows no leader.
+    election_timeout: Duration,
 }
 
 impl NodeHandle {
     /// The node this handle reaches (for the client service's [`crate::service::protocol::Reply::Welcome`]).
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The node's shortest election timeout (its tick times its election ticks): the
+    /// least time in which a cluster that lost its leader can have a new one, and so the
+    /// retry hint given to clients when this node knows no leader.
+    pub fn election_timeout(&self) -> Duration {
+        self.election_timeout
     }
 
     fn submit(&self, r: Request) {
@@ -286,6 +315,7 @@ impl NodeHandle {
     /// Answers everything still queued for a node that is gone.
     fn refuse_queued(&self) {
         refuse_all(&self.rx);
+        drop_all(&self.diagnostics_rx);
     }
 
     /// Submits a write; `answer` gets its outcome once applied.
@@ -354,7 +384,7 @@ impl NodeHandle {
         let (tx, rx) = bounded(1);
         // Waits for room in a full queue: a busy node is not a stopped one.
         let wait = Duration::from_secs(5);
-        self.tx.send_timeout(Request::Status(tx), wait).ok()?;
+        self.diagnostics.send_timeout(tx, wait).ok()?;
         self.pass_here();
         rx.recv_timeout(wait).ok()
     }
@@ -367,6 +397,11 @@ fn refuse_all(queue: &Receiver<Request>) {
     }
 }
 
+/// Drops every diagnostic request still in `queue`: its caller hears that no answer comes.
+fn drop_all<T>(queue: &Receiver<T>) {
+    while queue.try_recv().is_ok() {}
+}
+
 /// Answers a request that never reached the node.
 fn fail(r: Request, e: NodeError) {
     match r {
@@ -374,7 +409,6 @@ fn fail(r: Request, e: NodeError) {
         Request::Read { answer, .. } => answer(Err(e)),
         Request::Membership(_, answer) => answer(Err(e)),
         Request::Transfer(_, answer) => answer(Err(e)),
-        Request::Status(_) => {}
     }
 }
 
@@ -405,6 +439,7 @@ impl Node {
                 .map_err(|e| NodeError::Refused(format!("snapshot unreadable: {e}")))?,
             None => KvStore::new(),
         };
+        let election_timeout = cfg.tick * raft.election_tick;
         let raw = RawNode::new(raft, cfg.bootstrap.clone(), recovered)
             .map_err(|e| NodeError::Refused(e.to_string()))?;
         let (tx, rx) = bounded(cfg.queue.max(1));
@@ -417,6 +452,7 @@ impl Node {
         let store = Arc::new(Mutex::new(store));
         let (mail_tx, mail) = unbounded();
         let (doorbell, rung) = bounded(1);
+        let (diagnostics, diagnostic_rx) = bounded(DIAGNOSTICS_QUEUE);
         let runtime = Runtime {
             raw,
             kv,
@@ -431,6 +467,8 @@ impl Node {
             mail,
             transport: Some(Arc::clone(&transport)),
             requests: rx,
+            diagnostics: diagnostic_rx.clone(),
+            doorbell: doorbell.clone(),
             writes: HashMap::new(),
             reads: HashMap::new(),
             waiting_apply: Vec::new(),
@@ -447,6 +485,7 @@ impl Node {
             request_timeout: cfg.request_timeout,
             failure: Arc::clone(&shared),
             halted: false,
+            longest_pass: Duration::ZERO,
         };
         let id = runtime.raw.id();
         let core = Arc::new(Core {
@@ -482,6 +521,9 @@ impl Node {
                 tx,
                 rx: queued,
                 core: weak,
+                diagnostics,
+                diagnostics_rx: diagnostic_rx,
+                election_timeout,
             },
             stop,
             thread: Some(thread),
@@ -584,6 +626,10 @@ struct Runtime {
     /// handle's pass still holds the rest of the runtime for a moment.
     transport: Option<Arc<dyn Transport>>,
     requests: Receiver<Request>,
+    /// Diagnostic requests (see [`NodeHandle::status`]).
+    diagnostics: Receiver<Sender<Status>>,
+    /// Rung when a pass left work for the next one (see [`Runtime::pass`]).
+    doorbell: Sender<()>,
     /// Writes proposed here, by log index: the term they were proposed in, when, and the
     /// answer.
     writes: HashMap<Index, (Term, Instant, Answer<KvOutcome>)>,
@@ -607,6 +653,8 @@ struct Runtime {
     failure: Arc<Mutex<Option<String>>>,
     /// Set once storage failed or the node stops: no pass runs any more.
     halted: bool,
+    /// The longest pass so far (see [`Status::longest_pass_us`]).
+    longest_pass: Duration,
 }
 
 /// Work left for the end of a pass (see [`at_pass_end`]).
@@ -658,6 +706,19 @@ impl Drop for PassEnd {
 /// Passes a thread runs in a row for work others queued meanwhile, before it leaves the
 /// rest to the Raft thread: a receive or storage thread has its own work to get back to.
 const PASSES_HERE: usize = 2;
+
+/// Deliveries one pass takes at most; the rest wait for the next pass.
+const PASS_DELIVERIES: usize = 256;
+
+/// Client requests one pass takes at most.
+const PASS_REQUESTS: usize = 4096;
+
+/// Readies one pass handles at most (each applies at most
+/// [`crate::Config::max_committed_per_ready`] entries).
+const PASS_READIES: usize = 8;
+
+/// Diagnostic requests that may wait for a pass.
+const DIAGNOSTICS_QUEUE: usize = 64;
 
 /// A pass longer than this many ticks is logged as slow.
 const SLOW_PASS_TICKS: u32 = 3;
@@ -846,6 +907,7 @@ impl Runtime {
     fn pass_or_halt(&mut self) -> bool {
         if self.halted {
             refuse_all(&self.requests);
+            drop_all(&self.diagnostics);
             return true;
         }
         self.pass().is_err_and(|e| self.halt(e))
@@ -873,14 +935,26 @@ impl Runtime {
         true
     }
 
-    /// One pass: takes everything that is already here (deliveries, storage reports,
-    /// requests while storage keeps up), ticks if a tick is due, and handles the Ready.
+    /// One pass: takes what is already here (deliveries, storage reports, requests while
+    /// storage keeps up), ticks if a tick is due, and handles the Ready. Its work is
+    /// bounded ([`PASS_DELIVERIES`], [`PASS_REQUESTS`], [`PASS_READIES`]) so that a
+    /// backlog (a follower catching up, a burst of clients) cannot hold the node for
+    /// longer than a tick: what is left rings the doorbell for the next pass, and ticks
+    /// and diagnostics come between them.
     fn pass(&mut self) -> Result<(), String> {
         let woke = Instant::now();
         let mut batch = [0usize; 3];
+        let mut left = false;
+        while let Ok(reply) = self.diagnostics.try_recv() {
+            let _ = reply.send(self.status());
+        }
         while let Ok(d) = self.inbox.try_recv().or_else(|_| self.mail.try_recv()) {
             self.on_delivery(d);
             batch[0] += 1;
+            if batch[0] == PASS_DELIVERIES {
+                left = true;
+                break;
+            }
         }
         while let Ok(s) = self.stored.try_recv() {
             self.on_stored(s)?;
@@ -888,6 +962,10 @@ impl Runtime {
         }
         self.drain_backlog()?;
         while self.backlog.is_empty() {
+            if batch[2] == PASS_REQUESTS {
+                left = !self.requests.is_empty();
+                break;
+            }
             let Ok(r) = self.requests.try_recv() else {
                 break;
             };
@@ -904,10 +982,14 @@ impl Runtime {
             }
         }
         let readied = Instant::now();
-        self.handle_ready()?;
+        left |= self.handle_ready()?;
+        if left {
+            let _ = self.doorbell.try_send(());
+        }
         // Peers count silence in ticks of this node: a pass that takes several ticks
         // risks an election, so say what it was doing.
         let took = woke.elapsed();
+        self.longest_pass = self.longest_pass.max(took);
         if took > self.tick * SLOW_PASS_TICKS {
             tracing::warn!(
                 node = %self.raw.id(),
@@ -1054,9 +1136,6 @@ impl Runtime {
             Request::Transfer(to, answer) => {
                 answer(self.raw.transfer_leader(to).map_err(refused));
             }
-            Request::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
         }
     }
 
@@ -1146,6 +1225,7 @@ impl Runtime {
                 .as_ref()
                 .is_some_and(|t| t.capabilities().total_order),
             ordered_elections: self.raw.ordered_election(),
+            longest_pass_us: self.longest_pass.as_micros() as u64,
         }
     }
 
@@ -1154,8 +1234,12 @@ impl Runtime {
     /// meanwhile) and only then sends the Ready's other messages (votes, acknowledgements)
     /// and reports back. Committed entries are applied here at once: they are durable on
     /// a majority already, whatever this node's own disk is doing.
-    fn handle_ready(&mut self) -> Result<(), String> {
-        while self.raw.has_ready() {
+    /// Handles up to [`PASS_READIES`] Readies; returns whether more are ready.
+    fn handle_ready(&mut self) -> Result<bool, String> {
+        for _ in 0..PASS_READIES {
+            if !self.raw.has_ready() {
+                return Ok(false);
+            }
             let rd = self.raw.ready();
             self.send_all(&rd.early_messages);
             self.rates.add(APPENDS, rd.entries.len() as u64);
@@ -1203,7 +1287,7 @@ impl Runtime {
             }
             self.maybe_snapshot();
         }
-        Ok(())
+        Ok(self.raw.has_ready())
     }
 
     fn send_all(&self, messages: &[Message]) {
@@ -1292,12 +1376,14 @@ impl Runtime {
             (read.answer)(Err(e.clone()));
         }
         refuse_all(&self.requests);
+        drop_all(&self.diagnostics);
     }
 }
 
 fn refused(e: ProposeError) -> NodeError {
     match e {
         ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
+        ProposeError::TooLarge { size, max } => NodeError::TooLarge { size, max },
         other => NodeError::Refused(other.to_string()),
     }
 }
@@ -1321,21 +1407,52 @@ pub struct RaftSettings {
     pub check_quorum: Option<bool>,
     /// Lease-based reads (default off).
     pub lease_reads: Option<bool>,
+    /// The largest log entry a write may make, in bytes (default: the largest the
+    /// transport's `max_message` leaves room for). A larger write is refused.
+    pub max_entry_bytes: Option<usize>,
     /// The voters of a new cluster (default: every node in `cluster.nodes`); the others
     /// start outside the configuration and join through `weft cluster add`.
     pub voters: Option<Vec<u32>>,
 }
 
+/// A `[raft]` setting out of range; names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("raft.{key}: {why}")]
+pub struct SettingError {
+    /// The key, without the `raft.` prefix.
+    pub key: &'static str,
+    /// What is wrong with its value.
+    pub why: String,
+}
+
+/// The longest tick accepted: ticks count election timeouts, and a tick of a minute is
+/// certainly a typo for milliseconds.
+pub const MAX_TICK_MS: u64 = 60_000;
+
+/// The most ticks an election timeout may take.
+pub const MAX_ELECTION_TICK: u32 = 10_000;
+
 impl RaftSettings {
-    /// The runtime settings for node `id` of a cluster whose nodes are `members`.
-    pub fn node_config(&self, id: NodeId, members: &[NodeId]) -> NodeConfig {
+    /// The runtime settings for node `id` of a cluster whose nodes are `members`, over a
+    /// transport whose largest message is `max_message` bytes; refuses values that
+    /// cannot work, naming the key.
+    pub fn node_config(
+        &self,
+        id: NodeId,
+        members: &[NodeId],
+        max_message: usize,
+    ) -> Result<NodeConfig, SettingError> {
+        self.check(max_message)?;
         let voters: Vec<NodeId> = match &self.voters {
             Some(v) => v.iter().map(|n| NodeId(*n)).collect(),
             None => members.to_vec(),
         };
         let mut cfg = NodeConfig::new(id, voters);
         if let Some(ms) = self.tick_ms {
-            cfg.tick = Duration::from_millis(ms.max(1));
+            cfg.tick = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_entry_bytes {
+            cfg.raft.max_entry_bytes = n;
         }
         if let Some(t) = self.election_tick {
             cfg.raft.election_tick = t;
@@ -1355,7 +1472,50 @@ impl RaftSettings {
         if let Some(b) = self.lease_reads {
             cfg.raft.lease_reads = b;
         }
-        cfg
+        cfg.raft.validate().map_err(|e| SettingError {
+            key: "election_tick",
+            why: e.0,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks each value on its own and against the transport's largest message.
+    fn check(&self, max_message: usize) -> Result<(), SettingError> {
+        let bad = |key, why: String| Err(SettingError { key, why });
+        if let Some(ms) = self.tick_ms {
+            if ms == 0 || ms > MAX_TICK_MS {
+                return bad(
+                    "tick_ms",
+                    format!("must be 1 to {MAX_TICK_MS} ms, not {ms}"),
+                );
+            }
+        }
+        let heartbeat = self.heartbeat_tick.unwrap_or(1);
+        if heartbeat == 0 {
+            return bad("heartbeat_tick", "must be at least 1 tick, not 0".into());
+        }
+        let election = self.election_tick.unwrap_or(10);
+        if election <= heartbeat || election > MAX_ELECTION_TICK {
+            return bad(
+                "election_tick",
+                format!(
+                    "must exceed heartbeat_tick ({heartbeat}) and be at most {MAX_ELECTION_TICK}, not {election}"
+                ),
+            );
+        }
+        if let Some(n) = self.max_entry_bytes {
+            let room = crate::Config::room_in(max_message);
+            if !(crate::config::MIN_ENTRY_BYTES..=room).contains(&n) {
+                return bad(
+                    "max_entry_bytes",
+                    format!(
+                        "must be {} to {room} bytes (what transport.max_message = {max_message} leaves beside an append's own fields), not {n}",
+                        crate::config::MIN_ENTRY_BYTES
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1547,6 +1707,72 @@ pub fn send_messages(transport: &dyn Transport, messages: &[Message]) {
 mod tests {
     use super::*;
     use std::rc::Rc;
+
+    /// Settings that cannot work are refused at load, each naming its key; good ones
+    /// are taken as given (no silent rounding).
+    #[test]
+    fn raft_settings_out_of_range_name_their_key() {
+        let members = [NodeId(1), NodeId(2), NodeId(3)];
+        let load = |s: &RaftSettings| s.node_config(NodeId(1), &members, 1 << 20);
+        let cases = [
+            (
+                RaftSettings {
+                    tick_ms: Some(0),
+                    ..Default::default()
+                },
+                "raft.tick_ms",
+            ),
+            (
+                RaftSettings {
+                    tick_ms: Some(3_600_000),
+                    ..Default::default()
+                },
+                "raft.tick_ms",
+            ),
+            (
+                RaftSettings {
+                    heartbeat_tick: Some(0),
+                    ..Default::default()
+                },
+                "raft.heartbeat_tick",
+            ),
+            (
+                RaftSettings {
+                    election_tick: Some(1),
+                    ..Default::default()
+                },
+                "raft.election_tick",
+            ),
+            (
+                RaftSettings {
+                    max_entry_bytes: Some(2 << 20),
+                    ..Default::default()
+                },
+                "raft.max_entry_bytes",
+            ),
+            (
+                RaftSettings {
+                    max_entry_bytes: Some(10),
+                    ..Default::default()
+                },
+                "raft.max_entry_bytes",
+            ),
+        ];
+        for (settings, key) in cases {
+            let e = load(&settings).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+        let good = RaftSettings {
+            tick_ms: Some(7),
+            max_entry_bytes: Some(64 << 10),
+            ..Default::default()
+        };
+        let cfg = load(&good).unwrap();
+        assert_eq!(
+            (cfg.tick, cfg.raft.max_entry_bytes),
+            (Duration::from_millis(7), 64 << 10)
+        );
+    }
 
     /// Work left for the end of a pass runs after everything the pass does, in the order
     /// it was left, also when the pass panics; outside a pass it runs at once.

@@ -66,6 +66,15 @@ pub enum ProposeError {
     /// The snapshot index is not applied yet or already compacted.
     #[error("cannot snapshot at index {0}")]
     BadSnapshotIndex(Index),
+    /// The command would make an entry larger than [`Config::max_entry_bytes`]: it could
+    /// never travel in one message, so it is not appended.
+    #[error("entry of {size} bytes exceeds the largest entry of {max} bytes (max_entry_bytes)")]
+    TooLarge {
+        /// The entry's size as [`crate::Entry::size`] counts it.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 struct PendingRead {
@@ -79,6 +88,8 @@ struct PendingRead {
 
 struct IncomingSnapshot {
     meta: SnapshotMeta,
+    /// The size the first chunk announced; every later chunk must announce the same.
+    total: u64,
     data: BytesMut,
 }
 
@@ -408,6 +419,13 @@ impl Raft {
     /// Appends a command (leader only); returns its index.
     pub fn propose(&mut self, data: Bytes) -> Result<Index, ProposeError> {
         self.check_writable()?;
+        let size = Entry::size_of_command(data.len());
+        if size > self.cfg.max_entry_bytes {
+            return Err(ProposeError::TooLarge {
+                size,
+                max: self.cfg.max_entry_bytes,
+            });
+        }
         Ok(self.append(Payload::Command(data)))
     }
 
@@ -687,7 +705,7 @@ impl Raft {
             self.send_snapshot_chunk(to);
             return false;
         }
-        if !pr.can_send(self.cfg.max_inflight) {
+        if !pr.can_send(self.cfg.window()) {
             return false;
         }
         let next = pr.next;
@@ -697,16 +715,17 @@ impl Raft {
             self.start_snapshot(to);
             return false;
         };
-        let entries: Vec<Entry> = self
-            .log
-            .slice(next, self.log.last_index(), self.cfg.max_bytes_per_append)
-            .into_iter()
-            .take(self.cfg.max_entries_per_append)
-            .collect();
+        let entries = self.log.slice(
+            next,
+            self.log.last_index(),
+            self.cfg.max_bytes_per_append,
+            self.cfg.max_entries_per_append,
+        );
         if entries.is_empty() && !probe && !probing {
             return false;
         }
         let last = entries.last().map(|e| e.index);
+        let bytes = entries.iter().map(Entry::size).sum();
         let commit = self.log.committed;
         let term = self.term;
         self.send(
@@ -720,7 +739,7 @@ impl Raft {
             },
         );
         let pr = self.progress.get_mut(&to).expect("checked");
-        pr.sent(last);
+        pr.sent(last, bytes);
         last.is_some() && pr.mode == Mode::Replicate
     }
 
@@ -766,6 +785,7 @@ impl Raft {
             Body::InstallSnapshot {
                 meta: snap.meta.clone(),
                 offset: offset as u64,
+                total: snap.data.len() as u64,
                 data: snap.data.slice(offset..end),
                 done: end == snap.data.len(),
             },
@@ -992,12 +1012,21 @@ impl Raft {
             Body::InstallSnapshot {
                 meta,
                 offset,
+                total,
                 data,
                 done,
             } => {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
-                self.on_snapshot_chunk(m.from, meta, offset, data, done);
+                let end = offset.saturating_add(data.len() as u64);
+                if end > total || (done && end != total) {
+                    tracing::warn!(
+                        from = %m.from, offset, len = data.len(), total,
+                        "snapshot chunk outside the size it announced; dropped"
+                    );
+                    return;
+                }
+                self.on_snapshot_chunk(m.from, (meta, total), offset, data, done);
             }
             // `campaign` ignores non-voters.
             Body::TimeoutNow => self.campaign(false, true),
@@ -1011,7 +1040,7 @@ impl Raft {
     fn on_snapshot_chunk(
         &mut self,
         from: NodeId,
-        meta: SnapshotMeta,
+        (meta, total): (SnapshotMeta, u64),
         offset: u64,
         data: Bytes,
         done: bool,
@@ -1034,11 +1063,14 @@ impl Raft {
         if offset == 0 {
             self.incoming = Some(IncomingSnapshot {
                 meta: meta.clone(),
+                total,
                 data: BytesMut::new(),
             });
         }
         let received = match &mut self.incoming {
-            Some(inc) if inc.meta == meta && inc.data.len() as u64 == offset => {
+            Some(inc)
+                if inc.meta == meta && inc.total == total && inc.data.len() as u64 == offset =>
+            {
                 inc.data.extend_from_slice(&data);
                 inc.data.len() as u64
             }
@@ -1115,7 +1147,7 @@ impl Raft {
             }
             Body::HeartbeatResponse { read_round } => {
                 let pr = self.progress.get_mut(&from).expect("checked");
-                pr.heard_back(self.cfg.max_inflight);
+                pr.heard_back(self.cfg.window());
                 if pr.matched < self.log.last_index() || matches!(pr.mode, Mode::Snapshot { .. }) {
                     self.send_append(from, true);
                 }

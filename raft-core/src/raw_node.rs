@@ -332,7 +332,10 @@ impl RawNode {
             must_sync,
             early_messages: early,
             messages: late,
-            committed: self.raft.log.to_apply(),
+            committed: self
+                .raft
+                .log
+                .to_apply(self.raft.cfg.max_committed_per_ready),
             read_states: std::mem::take(&mut self.raft.read_states),
         }
     }

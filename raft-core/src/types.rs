@@ -33,14 +33,22 @@ pub struct Entry {
     pub payload: Payload,
 }
 
+/// Bytes [`Entry::size`] counts for an entry's index, term and framing.
+const ENTRY_FIELDS: usize = 24;
+
 impl Entry {
     /// Approximate size on the wire, for batching limits.
     pub fn size(&self) -> usize {
-        24 + match &self.payload {
-            Payload::Empty => 0,
-            Payload::Command(b) => b.len(),
-            Payload::Membership(c) => 16 * c.changes.len(),
+        match &self.payload {
+            Payload::Empty => ENTRY_FIELDS,
+            Payload::Command(b) => Entry::size_of_command(b.len()),
+            Payload::Membership(c) => ENTRY_FIELDS + 16 * c.changes.len(),
         }
+    }
+
+    /// [`Entry::size`] of an entry holding a command of `len` bytes.
+    pub fn size_of_command(len: usize) -> usize {
+        ENTRY_FIELDS + len
     }
 }
 

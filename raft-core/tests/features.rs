@@ -554,3 +554,69 @@ fn elections_follow_the_fabrics_order_as_it_changes() {
     );
     assert!(node.adapt_to_fabric(&caps(true)) && node.ordered_election());
 }
+
+/// A command that would make an entry larger than `max_entry_bytes` is refused, never
+/// appended (it could not travel in one message and would stall replication); the next
+/// one commits.
+#[test]
+fn an_oversize_proposal_is_refused_and_the_next_one_commits() {
+    let mut s = Sim::new(SimOptions::new(3, 7));
+    let l = leader(&mut s);
+    let max = Config::new(l).max_entry_bytes;
+    let last = s.node(l).unwrap().last_index();
+    let big = Bytes::from(vec![0u8; max]);
+    match s.node_mut(l).unwrap().propose(big) {
+        Err(ProposeError::TooLarge { size, max: m }) => assert_eq!((size > max, m), (true, max)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.node(l).unwrap().last_index(), last, "nothing appended");
+    commit(&mut s, "small", 3);
+}
+
+/// A follower reassembles a snapshot up to the size the leader announced and no
+/// further: a chunk reaching past it, or one announcing another size midway, is dropped.
+#[test]
+fn snapshot_chunks_beyond_the_announced_size_are_dropped() {
+    let mut n = follower();
+    let meta = weft_raft::SnapshotMeta {
+        index: 5,
+        term: 1,
+        membership: weft_raft::Membership::with_voters((1..=3).map(NodeId)),
+    };
+    let chunk =
+        |offset: u64, total: u64, len: usize, done: bool| weft_raft::Body::InstallSnapshot {
+            meta: meta.clone(),
+            offset,
+            total,
+            data: Bytes::from(vec![7u8; len]),
+            done,
+        };
+    let received = |n: &mut weft_raft::RawNode| {
+        let rd = n.ready();
+        n.advance(&rd);
+        rd.early_messages
+            .iter()
+            .chain(&rd.messages)
+            .find_map(|m| match m.body {
+                weft_raft::Body::SnapshotResponse { received, .. } => Some(received),
+                _ => None,
+            })
+    };
+    n.step(from_leader(1, chunk(0, 10, 11, true)));
+    assert_eq!(
+        received(&mut n),
+        None,
+        "past the announced size: dropped unanswered"
+    );
+    n.step(from_leader(1, chunk(0, 10, 6, false)));
+    assert_eq!(received(&mut n), Some(6));
+    n.step(from_leader(1, chunk(6, 1 << 30, 4, false)));
+    assert_eq!(
+        received(&mut n),
+        Some(6),
+        "another size midway is not taken"
+    );
+    n.step(from_leader(1, chunk(6, 10, 4, true)));
+    assert_eq!(received(&mut n), Some(10));
+    assert_eq!(n.first_index(), 6, "installed");
+}

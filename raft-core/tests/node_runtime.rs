@@ -795,3 +795,79 @@ fn a_restarted_follower_ignores_read_answers_meant_for_its_previous_life() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A follower cut off while 100,000 entries are written, then healed: it catches up, and
+/// meanwhile no pass of any node takes three ticks (peers count silence in ticks, so a
+/// longer pass risks an election), although the leader sends it the whole backlog.
+#[test]
+fn a_follower_far_behind_catches_up_without_long_passes() {
+    const ENTRIES: u64 = 100_000;
+    const BATCH: u64 = 2_000;
+    let cluster = 0xA0DE_0107;
+    let tick = Duration::from_millis(15);
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            start_with(cluster, i, 3, |cfg| {
+                cfg.tick = tick;
+                cfg.snapshot_entries = 0; // the follower must be sent entries, not a snapshot
+            })
+        })
+        .collect();
+    let h: Vec<Option<NodeHandle>> = nodes.iter().map(|n| Some(n.handle())).collect();
+    write(&h, &put(1, 1, "warm", "up"));
+    let leader = h
+        .iter()
+        .flatten()
+        .find(|n| n.status().unwrap().is_leader())
+        .unwrap();
+    let behind = follower(&h).status().unwrap().id;
+    let fabric = weft_transport::backend::mem::MemFabric::shared(cluster, &MemConfig::default());
+    fabric.set_partitions(vec![
+        vec![behind],
+        (1..=3).map(NodeId).filter(|n| *n != behind).collect(),
+    ]);
+    let value = "v".repeat(100);
+    for batch in 0..ENTRIES / BATCH {
+        let answers: Vec<_> = (0..BATCH)
+            .map(|i| {
+                let seq = 2 + batch * BATCH + i;
+                leader.write(put(1, seq, &format!("k{}", seq % 1000), &value))
+            })
+            .collect();
+        for a in answers {
+            assert!(matches!(a.recv_timeout(Duration::from_secs(20)), Ok(Ok(_))));
+        }
+    }
+    let target = leader.status().unwrap().commit;
+    assert!(target > ENTRIES);
+    let lagging = h.iter().flatten().find(|n| n.id() == behind).unwrap();
+    assert!(lagging.status().unwrap().applied < 10, "it was cut off");
+    fabric.set_partitions(vec![]);
+    let healed = Instant::now();
+    while lagging.status().unwrap().applied < target {
+        assert!(
+            healed.elapsed() < Duration::from_secs(60),
+            "the follower is stuck at {:?} of {target}",
+            lagging.status().unwrap().applied
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let caught_up = healed.elapsed();
+    // After the heal a write commits within two election timeouts.
+    let after = Instant::now();
+    write(&h, &put(2, 1, "after", "heal"));
+    assert!(after.elapsed() < tick * 10 * 2 * 2, "{:?}", after.elapsed());
+    for n in h.iter().flatten() {
+        let s = n.status().unwrap();
+        eprintln!(
+            "node {}: longest pass {} us (caught up in {caught_up:?})",
+            s.id, s.longest_pass_us
+        );
+        assert!(
+            Duration::from_micros(s.longest_pass_us) < tick * 3,
+            "node {}: a pass took {} us",
+            s.id,
+            s.longest_pass_us
+        );
+    }
+}

@@ -953,3 +953,210 @@ fn membership_changes_and_leadership_transfer_through_the_client() {
     cl.put("x", "2").unwrap();
     assert_eq!(cl.get("x").unwrap(), Some(b("2")));
 }
+
+/// The resident memory of this process, in bytes.
+fn resident() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A write too large for the log is refused with its own error naming the limit (at the
+/// service: `service.max_key` or `service.max_value`; past a service that lets it through:
+/// `raft.max_entry_bytes`), nothing is appended, and the next small write commits.
+#[test]
+fn an_oversize_write_is_refused_naming_its_limit_and_the_next_write_commits() {
+    let c = Cluster::start(0x5E_0011);
+    let defaults = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut cl = c.client();
+    let too_large = |r: Result<(), ClientError>, limit: &str| match r {
+        Err(ClientError::Server {
+            kind: ErrorKind::TooLarge,
+            message,
+        }) => assert!(message.contains(limit), "{message}"),
+        other => panic!("expected a TooLarge error naming {limit}, got {other:?}"),
+    };
+    too_large(
+        cl.put("v", vec![0u8; defaults.max_value + 1]).map(drop),
+        "service.max_value",
+    );
+    too_large(
+        cl.put(&"k".repeat(1 << 20), "x").map(drop),
+        "service.max_key",
+    );
+    let half = Bytes::from(vec![0u8; defaults.max_value / 2 + 1]);
+    too_large(
+        cl.cas("v", Some(half.clone()), Some(half)).map(drop),
+        "service.max_value",
+    );
+    // A service whose value limit is above the entry limit hands the write on: the node
+    // refuses it instead of appending an entry no message could carry.
+    let mut loose = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    loose.max_value = 3 << 20;
+    let loose = serve(loose, c.handle(c.leader())).unwrap();
+    let mut lc = Client::new(ClientConfig::new(vec![loose.local_addr()])).unwrap();
+    too_large(
+        lc.put("v", vec![0u8; (1 << 20) + 1]).map(drop),
+        "raft.max_entry_bytes",
+    );
+    let before = c.handle(c.leader()).status().unwrap().last_index;
+    cl.put("small", "ok").unwrap();
+    assert_eq!(cl.get("small").unwrap(), Some(b("ok")));
+    let after = c.handle(c.leader()).status().unwrap().last_index;
+    assert_eq!(after, before + 1, "only the small write was appended");
+}
+
+/// A connection that stops inside a frame's 4-byte length prefix is closed once the
+/// frame timeout passes, with an error; an idle connection between frames stays open.
+#[test]
+fn a_partial_length_prefix_is_closed_after_the_frame_timeout() {
+    let c = Cluster::start(0x5E_0012);
+    let mut cfg = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.frame_timeout = Duration::from_millis(300);
+    let server = serve(cfg, c.handle(c.leader())).unwrap();
+    let mut idle = conn(server.local_addr());
+    let mut s = raw(server.local_addr());
+    let started = Instant::now();
+    s.write_all(&[0, 0]).unwrap();
+    error_reply_or_nothing(&read_until_closed(&mut s), ErrorKind::BadRequest);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    match idle.call(Request::Diagnostic, WAIT).unwrap() {
+        Reply::Status { .. } => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Past `max_connections` a new connection is answered `Busy` and closed; once one
+/// closes, a new one is served.
+#[test]
+fn connections_past_the_maximum_are_refused_busy() {
+    let c = Cluster::start(0x5E_0013);
+    let mut cfg = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.max_connections = 4;
+    let server = serve(cfg, c.handle(c.leader())).unwrap();
+    let mut held: Vec<Connection> = (0..4).map(|_| conn(server.local_addr())).collect();
+    for h in &mut held {
+        assert!(matches!(
+            h.call(Request::Diagnostic, WAIT).unwrap(),
+            Reply::Status { .. }
+        ));
+    }
+    let mut extra = raw(server.local_addr());
+    error_reply_or_nothing(&read_until_closed(&mut extra), ErrorKind::Busy);
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut again = conn(server.local_addr());
+        match again.call(Request::Diagnostic, Duration::from_secs(2)) {
+            Ok(Reply::Status { .. }) => break,
+            other => assert!(Instant::now() < deadline, "never served again: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 200 connections each announce a frame of nearly 4 MiB and send 1 MiB of it, then
+/// stall: the service reads no more than its buffer budget (16 MiB here) across them,
+/// so the process grows by less than 64 MiB where it would take 200 MiB; a normal
+/// client is served meanwhile, and the budget comes back once they close.
+#[test]
+fn slow_large_frames_are_held_to_the_buffer_budget() {
+    let c = Cluster::start(0x5E_0014);
+    let mut cfg = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.max_buffered_bytes = 16 << 20;
+    let server = serve(cfg, c.handle(c.leader())).unwrap();
+    let before = resident();
+    let sent = 1usize << 20;
+    let mut frame = ((4u32 << 20) - 16).to_be_bytes().to_vec();
+    frame.resize(4 + sent, 0x55);
+    let mut hostile: Vec<(TcpStream, usize)> = (0..200)
+        .map(|_| {
+            let s = raw(server.local_addr());
+            s.set_nonblocking(true).unwrap();
+            (s, 0)
+        })
+        .collect();
+    // Send what the sockets take, round robin, for at most 5 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && hostile.iter().any(|(_, at)| *at < frame.len()) {
+        let mut moved = false;
+        for (s, at) in hostile.iter_mut().filter(|(_, at)| *at < frame.len()) {
+            match s.write(&frame[*at..]) {
+                Ok(n) => {
+                    *at += n;
+                    moved |= n > 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        if !moved {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = resident().saturating_sub(before);
+    let mut cl = c.client();
+    cl.put("served", "meanwhile").unwrap();
+    assert!(grown < 64 << 20, "the process grew by {} MiB", grown >> 20);
+    drop(hostile);
+    // The budget is back: a large frame is read whole.
+    let mut s = conn(server.local_addr());
+    match s
+        .call(
+            Request::Put {
+                client: 77,
+                seq: 1,
+                key: "large".into(),
+                value: Bytes::from(vec![1u8; 512 << 10]),
+            },
+            WAIT,
+        )
+        .unwrap()
+    {
+        Reply::Written { .. } | Reply::Redirect { .. } => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A node that knows no leader answers `NoLeader` with its election timeout as the
+/// retry hint, instead of a redirect to nobody.
+#[test]
+fn a_node_without_a_leader_answers_no_leader_with_a_hint() {
+    let cluster = 0x5E_0015;
+    // One node of three, alone: it never learns a leader.
+    let mut cfg = NodeConfig::new(NodeId(1), (1..=3).map(NodeId));
+    cfg.tick = Duration::from_millis(10);
+    let node = Node::start(
+        cfg,
+        Persisted::default(),
+        Box::new(NoStore),
+        transport(cluster, 1, 3),
+    )
+    .unwrap();
+    let server = serve(
+        ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        node.handle(),
+    )
+    .unwrap();
+    let mut s = conn(server.local_addr());
+    let put = Request::Put {
+        client: 1,
+        seq: 1,
+        key: "k".into(),
+        value: b("v"),
+    };
+    match s.call(put, WAIT).unwrap() {
+        Reply::NoLeader { retry_after_ms } => assert_eq!(retry_after_ms, 100),
+        other => panic!("{other:?}"),
+    }
+}

@@ -14,7 +14,9 @@
 //! random one of [`ClientConfig::addresses`]). A redirect is followed at once to the
 //! leader's address (it is learned and remembered); a redirect without an address, a
 //! transient error, a timeout or a broken connection moves to the next known address after
-//! an exponential backoff with jitter. Attempts are bounded by
+//! an exponential backoff with jitter; a node that knows no leader
+//! ([`Reply::NoLeader`]) is left for the next address after at least the pause it asks
+//! for (its election timeout), so clients do not spin on a leaderless cluster. Attempts are bounded by
 //! [`ClientConfig::max_attempts`] and the total time by [`ClientConfig::max_total`].
 //!
 //! **Exactly-once writes.** The client has a random session id and numbers its writes
@@ -495,7 +497,18 @@ impl Client {
             }
             attempts += 1;
             let target = self.target();
+            // The least pause before the next attempt, beyond the backoff.
+            let mut hint = Duration::ZERO;
             let pause = match self.attempt(target, &body, self.cfg.request_timeout.min(left)) {
+                Ok(Reply::NoLeader { retry_after_ms }) => {
+                    last = format!("{target} knows no leader");
+                    redirects_in_row = 0;
+                    // Another node may know one; if none does, an election takes at
+                    // least the hint: asking sooner only adds load.
+                    self.rotate();
+                    hint = Duration::from_millis(retry_after_ms).min(self.cfg.backoff_max);
+                    true
+                }
                 Ok(Reply::Redirect { leader, address }) => {
                     last = format!("{target} redirected to leader {leader:?} at {address:?}");
                     redirects_in_row += 1;
@@ -536,7 +549,7 @@ impl Client {
                 let left = self.cfg.max_total.saturating_sub(start.elapsed());
                 let jittered = backoff
                     .mul_f64(0.5 + (crate::random::next(&mut self.rng) % 1000) as f64 / 2000.0);
-                std::thread::sleep(jittered.min(left));
+                std::thread::sleep(jittered.max(hint).min(left));
                 backoff = (backoff * 2).min(self.cfg.backoff_max);
             }
         }

@@ -31,6 +31,7 @@
 //! stops the runtime and closes every connection.
 
 pub mod protocol;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -71,6 +72,13 @@ async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The default largest key: 4 KiB.
+pub const DEFAULT_MAX_KEY: usize = 4 << 10;
+
+/// The default largest value: what a 1 MiB transport message leaves for a write beside
+/// the largest key and the message's and command's own fields.
+pub const DEFAULT_MAX_VALUE: usize = (1 << 20) - (16 << 10);
+
 /// Worker threads of a client service's tokio runtime unless configured otherwise.
 pub const DEFAULT_WORKERS: usize = 2;
 
@@ -88,9 +96,23 @@ pub struct ServerConfig {
     /// server stops reading that connection until replies go out. Default 4096.
     pub max_in_flight: usize,
 
-    /// How long the rest of a frame may take once its length prefix arrived; past it the
-    /// connection is closed. Default 10 s.
+    /// How long a frame may take once its first byte arrived (its length prefix
+    /// included); past it the connection is closed. Default 10 s.
     pub frame_timeout: Duration,
+    /// Largest key accepted in a write, in bytes. Default [`DEFAULT_MAX_KEY`].
+    pub max_key: usize,
+    /// Largest value accepted in a write (a compare-and-set's two values together), in
+    /// bytes. Default [`DEFAULT_MAX_VALUE`]. A larger write is refused with
+    /// [`ErrorKind::TooLarge`] before it reaches the log.
+    pub max_value: usize,
+    /// Connections served at once; one more is answered [`ErrorKind::Busy`] and closed.
+    /// Default 4,096.
+    pub max_connections: usize,
+    /// Bytes of frames larger than a connection's read buffer being read, across all
+    /// connections; past it connections wait before they read more, so slow senders of
+    /// large frames cannot take the node's memory. Default 256 MiB; at least
+    /// `max_frame`.
+    pub max_buffered_bytes: usize,
     /// Worker threads of the server's runtime. Default [`DEFAULT_WORKERS`].
     pub workers: usize,
     /// The id of this node's cluster: a [`Request::Hello`] naming another is refused with
@@ -106,8 +128,11 @@ impl ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             peers_clients: BTreeMap::new(),
             max_in_flight: 4096,
-
             frame_timeout: Duration::from_secs(10),
+            max_key: DEFAULT_MAX_KEY,
+            max_value: DEFAULT_MAX_VALUE,
+            max_connections: 4096,
+            max_buffered_bytes: 256 << 20,
             workers: DEFAULT_WORKERS,
             cluster: None,
         }
@@ -183,6 +208,17 @@ pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceErr
             "max_in_flight must be positive".into(),
         ));
     }
+    if cfg.max_connections == 0 || cfg.max_connections > Semaphore::MAX_PERMITS {
+        return Err(ServiceError::Config(
+            "max_connections must be positive".into(),
+        ));
+    }
+    if cfg.max_buffered_bytes < cfg.max_frame || cfg.max_buffered_bytes > Semaphore::MAX_PERMITS {
+        return Err(ServiceError::Config(format!(
+            "max_buffered_bytes ({}) must be at least max_frame ({})",
+            cfg.max_buffered_bytes, cfg.max_frame
+        )));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers.max(1))
         .max_blocking_threads(4)
@@ -201,6 +237,11 @@ pub fn serve(cfg: ServerConfig, handle: NodeHandle) -> Result<Server, ServiceErr
         max_in_flight: cfg.max_in_flight,
         frame_timeout: cfg.frame_timeout,
         cluster: cfg.cluster,
+        max_key: cfg.max_key,
+        max_value: cfg.max_value,
+        max_connections: cfg.max_connections,
+        connections: Arc::new(Semaphore::new(cfg.max_connections)),
+        buffered: Arc::new(Semaphore::new(cfg.max_buffered_bytes)),
     });
     runtime.spawn(accept_loop(listener, shared));
     Ok(Server {
@@ -219,6 +260,14 @@ struct Shared {
     max_in_flight: usize,
     frame_timeout: Duration,
     cluster: Option<u64>,
+    max_key: usize,
+    max_value: usize,
+    max_connections: usize,
+    /// One permit per connection served.
+    connections: Arc<Semaphore>,
+    /// One permit per byte of large frames being read (see
+    /// [`ServerConfig::max_buffered_bytes`]).
+    buffered: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -250,7 +299,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 tracing::trace!(%peer, "client connected");
-                tokio::spawn(connection(stream, Arc::clone(&shared)));
+                match Arc::clone(&shared.connections).try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(connection(stream, Arc::clone(&shared), permit));
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, max = shared.max_connections, "connection refused: too many");
+                        tokio::spawn(refuse(stream, shared.max_connections));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors, say: wait a little instead of spinning.
@@ -380,7 +437,24 @@ type Reader = BufReader<OwnedReadHalf>;
 /// Bytes a connection reads ahead: many small pipelined requests, or a large one's start.
 const READ_BUFFER: usize = 16 << 10;
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+/// Answers a connection past [`ServerConfig::max_connections`] with `Busy` and closes it.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let reply = error(
+        UNKNOWN_REQUEST,
+        ErrorKind::Busy,
+        format!("the node serves at most {max} client connections (service.max_connections); retry later"),
+    );
+    let mut buf = Vec::new();
+    append_frame(&mut buf, &reply, DEFAULT_MAX_FRAME);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&buf).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Serves one connection; `_served` is its place among [`ServerConfig::max_connections`].
+async fn connection(stream: TcpStream, shared: Arc<Shared>, _served: OwnedSemaphorePermit) {
     let _ = stream.set_nodelay(true);
     // A duplicate of the socket for the answering threads (see `Replies`).
     let duplicated = stream
@@ -422,8 +496,16 @@ async fn read_loop(mut rd: Reader, out: Arc<Replies>, shared: &Arc<Shared>) -> O
     let slots = Arc::new(Semaphore::new(shared.max_in_flight));
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX];
-        if rd.read_exact(&mut prefix).await.is_err() {
-            return None; // closed between frames (or a partial prefix): done
+        // A connection may idle between frames for as long as it likes; once a frame's
+        // first byte is here, the rest of it has the frame timeout.
+        if rd.read_exact(&mut prefix[..1]).await.is_err() {
+            return None; // closed between frames: done
+        }
+        let deadline = tokio::time::Instant::now() + shared.frame_timeout;
+        match tokio::time::timeout_at(deadline, rd.read_exact(&mut prefix[1..])).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return None, // closed inside a prefix
+            Err(_) => return Some(incomplete(&out, rd)),
         }
         let len = match frame_len(prefix, shared.max_frame) {
             Ok(len) => len,
@@ -437,19 +519,11 @@ async fn read_loop(mut rd: Reader, out: Arc<Replies>, shared: &Arc<Shared>) -> O
                 return Some(rd);
             }
         };
-        let mut payload = vec![0u8; len];
-        match tokio::time::timeout(shared.frame_timeout, rd.read_exact(&mut payload)).await {
-            Ok(Ok(_)) => {}
+        let payload = match tokio::time::timeout_at(deadline, payload(&mut rd, len, shared)).await {
+            Ok(Ok(payload)) => payload,
             Ok(Err(_)) => return None, // truncated frame: the peer closed
-            Err(_) => {
-                out.queue(Out::Close(error(
-                    UNKNOWN_REQUEST,
-                    ErrorKind::BadRequest,
-                    "frame incomplete after the frame timeout".into(),
-                )));
-                return Some(rd);
-            }
-        }
+            Err(_) => return Some(incomplete(&out, rd)),
+        };
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return None;
         };
@@ -467,6 +541,69 @@ async fn read_loop(mut rd: Reader, out: Arc<Replies>, shared: &Arc<Shared>) -> O
                 out.queue(Out::Reply(reply, Some(slot)));
             }
         }
+    }
+}
+
+/// Closes a connection whose frame did not arrive within the frame timeout.
+fn incomplete(out: &Replies, rd: Reader) -> Reader {
+    out.queue(Out::Close(error(
+        UNKNOWN_REQUEST,
+        ErrorKind::BadRequest,
+        "frame incomplete after the frame timeout".into(),
+    )));
+    rd
+}
+
+/// Bytes of a large frame read between two takes from the service's buffer budget.
+const BUDGET_STEP: usize = 64 << 10;
+
+/// A frame's payload of `len` bytes, and its share of the buffer budget, held until the
+/// payload is dropped. A frame that fits the connection's read buffer is read as it is
+/// (that memory is the connection's own); a larger one takes the budget as its bytes
+/// arrive, waiting, and so reading no more, while the budget is spent: what slow senders
+/// of large frames hold is bounded by [`ServerConfig::max_buffered_bytes`], not by what
+/// they announce.
+async fn payload(rd: &mut Reader, len: usize, shared: &Shared) -> std::io::Result<Payload> {
+    if len <= READ_BUFFER {
+        let mut bytes = vec![0u8; len];
+        rd.read_exact(&mut bytes).await?;
+        return Ok(Payload {
+            bytes,
+            _budget: None,
+        });
+    }
+    let mut bytes = Vec::new();
+    let mut budget: Option<OwnedSemaphorePermit> = None;
+    while bytes.len() < len {
+        let step = (len - bytes.len()).min(BUDGET_STEP);
+        let taken = Arc::clone(&shared.buffered)
+            .acquire_many_owned(step as u32)
+            .await
+            .map_err(|_| std::io::Error::other("the service is stopping"))?;
+        match &mut budget {
+            Some(b) => b.merge(taken),
+            None => budget = Some(taken),
+        }
+        let at = bytes.len();
+        bytes.resize(at + step, 0);
+        rd.read_exact(&mut bytes[at..]).await?;
+    }
+    Ok(Payload {
+        bytes,
+        _budget: budget,
+    })
+}
+
+/// A frame's payload and the share of the buffer budget it holds.
+struct Payload {
+    bytes: Vec<u8>,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -566,6 +703,8 @@ struct Replier {
     slot: OwnedSemaphorePermit,
     peers: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
     id: RequestId,
+    /// The hint given with [`Reply::NoLeader`].
+    retry_after: Duration,
 }
 
 impl Replier {
@@ -580,6 +719,7 @@ impl Replier {
             slot,
             peers: Arc::clone(&shared.peers),
             id,
+            retry_after: shared.node.election_timeout(),
         }
     }
 
@@ -605,6 +745,11 @@ impl Replier {
 
     fn failure(&self, e: NodeError) -> Reply {
         let (kind, message) = match e {
+            NodeError::NotLeader { leader: None } => {
+                return Reply::NoLeader {
+                    retry_after_ms: self.retry_after.as_millis() as u64,
+                }
+            }
             NodeError::NotLeader { leader } => {
                 let address = leader.and_then(|l| {
                     self.peers
@@ -618,6 +763,10 @@ impl Replier {
             NodeError::Busy => (ErrorKind::Busy, e.to_string()),
             NodeError::Stopped => (ErrorKind::Unavailable, e.to_string()),
             NodeError::Timeout => (ErrorKind::Timeout, e.to_string()),
+            NodeError::TooLarge { size, max } => (
+                ErrorKind::TooLarge,
+                format!("the write makes a log entry of {size} bytes; the largest the node takes is {max} (raft.max_entry_bytes)"),
+            ),
             NodeError::Refused(m) => {
                 let transient = m == ProposeError::TransferInProgress.to_string()
                     || m == ProposeError::ChangeInProgress.to_string();
@@ -642,6 +791,33 @@ enum Then {
     Close,
 }
 
+/// Checks a write's key and value against [`ServerConfig::max_key`] and
+/// [`ServerConfig::max_value`]; the error names the limit.
+fn fits(shared: &Shared, command: &KvCommand) -> Result<(), String> {
+    let (key, value) = match command {
+        KvCommand::Put { key, value } => (key, value.len()),
+        KvCommand::Delete { key } => (key, 0),
+        KvCommand::Cas { key, expected, new } => (
+            key,
+            expected.as_ref().map_or(0, |v| v.len()) + new.as_ref().map_or(0, |v| v.len()),
+        ),
+    };
+    if key.len() > shared.max_key {
+        return Err(format!(
+            "key of {} bytes exceeds the largest key of {} bytes (service.max_key)",
+            key.len(),
+            shared.max_key
+        ));
+    }
+    if value > shared.max_value {
+        return Err(format!(
+            "value of {value} bytes exceeds the largest value of {} bytes (service.max_value)",
+            shared.max_value
+        ));
+    }
+    Ok(())
+}
+
 /// Hands `req` to the node (or answers it here); the answer goes through `replier`.
 fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) -> Then {
     let node = &shared.node;
@@ -651,9 +827,9 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) -> Then 
             seq,
             key,
             value,
-        } => write(node, client, seq, KvCommand::Put { key, value }, replier),
+        } => write(shared, client, seq, KvCommand::Put { key, value }, replier),
         Request::Delete { client, seq, key } => {
-            write(node, client, seq, KvCommand::Delete { key }, replier)
+            write(shared, client, seq, KvCommand::Delete { key }, replier)
         }
         Request::Cas {
             client,
@@ -662,7 +838,7 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) -> Then 
             expected,
             new,
         } => write(
-            node,
+            shared,
             client,
             seq,
             KvCommand::Cas { key, expected, new },
@@ -709,8 +885,14 @@ fn dispatch(req: ClientRequest, replier: Replier, shared: &Arc<Shared>) -> Then 
     Then::GoOn
 }
 
-fn write(node: &NodeHandle, client: u64, seq: u64, command: KvCommand, replier: Replier) {
-    node.write_then(
+fn write(shared: &Shared, client: u64, seq: u64, command: KvCommand, replier: Replier) {
+    if let Err(why) = fits(shared, &command) {
+        return replier.send(Reply::Error {
+            kind: ErrorKind::TooLarge,
+            message: why,
+        });
+    }
+    shared.node.write_then(
         KvRequest {
             client,
             seq,

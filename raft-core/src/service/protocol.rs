@@ -222,6 +222,13 @@ pub enum Reply {
         /// The leader's client address (`ip:port`), if this node knows it.
         address: Option<String>,
     },
+    /// This node knows no leader (an election is under way, or it is cut off from the
+    /// others): ask again, here or at another node, after `retry_after_ms`.
+    NoLeader {
+        /// How long a new leader takes at least (the node's shortest election timeout),
+        /// in milliseconds.
+        retry_after_ms: u64,
+    },
     /// The request failed.
     Error {
         /// What kind of failure, and whether a retry may succeed.
@@ -255,6 +262,10 @@ pub enum ErrorKind {
     /// The node belongs to another cluster than the [`Request::Hello`] named; the server
     /// closes the connection. Another address of the client's list may be right.
     WrongCluster,
+    /// The write's key or value is larger than the node takes; the message names the
+    /// limit (`service.max_key`, `service.max_value` or `raft.max_entry_bytes`).
+    /// Permanent: nothing was written.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -438,10 +449,14 @@ mod tests {
             }],
             total_order: true,
             ordered_elections: true,
+            longest_pass_us: 12_345,
         };
         for body in [
             Reply::Value { value: None },
             Reply::Welcome { node: NodeId(3) },
+            Reply::NoLeader {
+                retry_after_ms: 150,
+            },
             Reply::Value {
                 value: Some(b("v")),
             },
