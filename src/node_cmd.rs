@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use weft_raft::node::{Node, RaftSettings};
 use weft_raft::service::serve;
 use weft_raft::service::settings::ServiceSettings;
 use weft_raft::storage::{DiskStorage, StorageOptions};
 use weft_raft::Config;
-use weft_transport::ClusterConfig;
+use weft_transport::{BackendConfig, ClusterConfig};
 
 use crate::cli::RunNodeArgs;
 
@@ -18,6 +18,17 @@ pub fn run(args: &RunNodeArgs) -> anyhow::Result<()> {
     let cluster = ClusterConfig::load(&args.config)?;
     let id = args.id;
     let transport_cfg = cluster.transport_for(id)?;
+    if let BackendConfig::Rdma(rdma) = &transport_cfg.backend {
+        if rdma.is_emulated() {
+            bail!(
+                "{}: transport.rdma.device = \"emulated\" connects the members of one process \
+                 only, and `weft node` runs one member per process: its peers would never be \
+                 reached. Name a real verbs device (`ibv_devices` lists them), or run an emulated \
+                 cluster inside one process through the library, as `cargo bench -p weft-bench` does",
+                args.config.display()
+            );
+        }
+    }
     let settings: RaftSettings = cluster.section("raft")?;
     let service_settings: ServiceSettings = cluster.section("service")?;
     let listen = *cluster.clients.get(&id).ok_or_else(|| {

@@ -280,3 +280,54 @@ fn a_node_refuses_another_clusters_data_directory() {
         "the error names the cluster mismatch:\n{log}"
     );
 }
+
+/// `weft node` refuses, before it opens anything, a cluster file it cannot run: each
+/// error names what is wrong, and the process exits at once instead of running a member
+/// that can never take part.
+#[test]
+fn a_node_refuses_settings_it_cannot_run_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = |transport: &str, extra: &str| {
+        format!(
+            "[cluster]\nid = 7\nnodes = [\n  {{ id = 1, addr = \"127.0.0.1:1\", client = \"127.0.0.1:0\" }},\n  \
+             {{ id = 2, addr = \"127.0.0.1:2\", client = \"127.0.0.1:0\" }},\n]\n\n{transport}\n{extra}"
+        )
+    };
+    let udp = "[transport]\nkind = \"udp\"\n";
+    let cases = [
+        (
+            cluster(
+                "[transport]\nkind = \"rdma\"\n\n[transport.rdma]\ndevice = \"emulated\"\n",
+                "",
+            ),
+            "connects the members of one process",
+        ),
+        (cluster(udp, "[raft]\ntick_ms = 0\n"), "raft.tick_ms"),
+        (
+            cluster(udp, "[raft]\nelection_tick = 1\n"),
+            "raft.election_tick",
+        ),
+        (
+            cluster(udp, "[service]\nmax_value = 8388608\n"),
+            "service.max_value",
+        ),
+        (cluster(udp, "[service]\nbogus = 1\n"), "bogus"),
+    ];
+    for (i, (text, says)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("cluster-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(exe())
+            .args(["node", "--id", "1", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data-{i}")))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} started:\n{stderr}");
+        assert!(
+            stderr.contains(says),
+            "case {i} should say {says:?}:\n{stderr}"
+        );
+    }
+}

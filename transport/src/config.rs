@@ -324,7 +324,7 @@ impl Validator<'_> {
         self.rdma(&rdma)?;
         let ptp = transport.ptp.unwrap_or_default();
         self.ptp(&ptp)?;
-        if kind == Kind::Rdma && rdma.device != "emulated" {
+        if kind == Kind::Rdma && !rdma.is_emulated() {
             self.handshake_addrs(&cluster.nodes, &nodes)?;
         }
         let backend = match kind {

@@ -38,7 +38,7 @@ pub fn open(cfg: &TransportConfig) -> Result<Box<dyn Transport>, OpenError> {
         BackendConfig::Ptp(p) => {
             Box::new(PtpTransport::open(cfg, p, Arc::new(Counters::default()))?)
         }
-        BackendConfig::Rdma(r) if r.device == "emulated" => {
+        BackendConfig::Rdma(r) if r.is_emulated() => {
             let fabric = EmulatedFabric::shared(cfg.cluster_id);
             let conns = fabric.connect(cfg.local, &cfg.peer_ids(), r.ring_bytes)?;
             let counters = Arc::new(Counters::default());

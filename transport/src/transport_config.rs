@@ -258,10 +258,21 @@ pub struct RdmaConfig {
     pub handshake_timeout_ms: u64,
 }
 
+impl RdmaConfig {
+    /// The device name that selects `hw-sim`'s emulated verbs.
+    pub const EMULATED: &'static str = "emulated";
+
+    /// Whether this runs on the emulated verbs, which connect the members opened in one
+    /// process only (a cluster of separate processes needs a real device).
+    pub fn is_emulated(&self) -> bool {
+        self.device == Self::EMULATED
+    }
+}
+
 impl Default for RdmaConfig {
     fn default() -> Self {
         RdmaConfig {
-            device: "emulated".into(),
+            device: RdmaConfig::EMULATED.into(),
             port: 1,
             gid_index: 0,
             ring_bytes: 4 << 20,

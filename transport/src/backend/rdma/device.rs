@@ -39,8 +39,8 @@ pub fn find(wanted: &str) -> Result<(), String> {
     if names.is_empty() {
         return Err(format!(
             "no RDMA device found for `{wanted}` (ibv_get_device_list returned none): this \
-             machine has no InfiniBand/RoCE NIC or its driver is not loaded; use device = \
-             \"emulated\" to run on hw-sim's emulated verbs"
+             machine has no InfiniBand/RoCE NIC or its driver is not loaded; device = \
+             \"emulated\" runs a whole cluster inside one process on hw-sim's emulated verbs"
         ));
     }
     if !names.iter().any(|n| n == wanted) {
