@@ -10,8 +10,9 @@
 # Written for GNU make but kept to POSIX make features; recipes run in /bin/sh.
 
 # Debian packages needed to build the workspace (bindgen needs libclang; RDMA verbs need
-# libibverbs and librdmacm; the verifier needs Z3; `weft learn` draws with Graphviz).
-PACKAGES = build-essential pkg-config libclang-dev libibverbs-dev librdmacm-dev libz3-dev graphviz iproute2
+# libibverbs and librdmacm; the verifier needs Z3; `weft learn` draws with Graphviz; the
+# fault suite cuts a node off with iptables).
+PACKAGES = build-essential pkg-config libclang-dev libibverbs-dev librdmacm-dev libz3-dev graphviz iproute2 iptables
 
 # Build cache outside the clone, shared by CI runs and every checkout of a developer.
 CARGO_TARGET_DIR ?= $(HOME)/.cache/weft/target

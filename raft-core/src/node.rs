@@ -710,6 +710,25 @@ const PASSES_HERE: usize = 2;
 /// Deliveries one pass takes at most; the rest wait for the next pass.
 const PASS_DELIVERIES: usize = 256;
 
+/// A pass stops taking new work once it has run for a tick divided by this: whatever
+/// the machine's speed, ticks and diagnostics then come between the passes of a backlog
+/// (peers count silence in ticks).
+const PASS_SHARE_OF_TICK: u32 = 3;
+
+/// Bytes of deliveries one pass takes at most: a follower catching up is sent full
+/// appends, and what a pass takes in it also writes and applies.
+const PASS_DELIVERED_BYTES: usize = 1 << 20;
+
+/// Entry bytes a follower writes on its own thread at most (see `Runtime::persist`);
+/// a larger write goes to the storage thread, so that one write of a backlog does not
+/// hold a pass.
+const INLINE_PERSIST_BYTES: usize = 256 << 10;
+
+/// Entry bytes of appends the deliveries of one pass may leave queued to send: an
+/// acknowledgement from a follower catching up opens its window for many appends, and
+/// sending them (encoding, authenticating, datagrams) is a pass's largest cost.
+const PASS_SEND_BYTES: usize = 128 << 10;
+
 /// Client requests one pass takes at most.
 const PASS_REQUESTS: usize = 4096;
 
@@ -937,7 +956,8 @@ impl Runtime {
 
     /// One pass: takes what is already here (deliveries, storage reports, requests while
     /// storage keeps up), ticks if a tick is due, and handles the Ready. Its work is
-    /// bounded ([`PASS_DELIVERIES`], [`PASS_REQUESTS`], [`PASS_READIES`]) so that a
+    /// bounded ([`PASS_DELIVERIES`], [`PASS_DELIVERED_BYTES`], [`PASS_SEND_BYTES`], [`PASS_REQUESTS`],
+    /// [`PASS_READIES`], and in time by [`PASS_SHARE_OF_TICK`]) so that a
     /// backlog (a follower catching up, a burst of clients) cannot hold the node for
     /// longer than a tick: what is left rings the doorbell for the next pass, and ticks
     /// and diagnostics come between them.
@@ -948,10 +968,16 @@ impl Runtime {
         while let Ok(reply) = self.diagnostics.try_recv() {
             let _ = reply.send(self.status());
         }
+        let mut delivered = 0;
         while let Ok(d) = self.inbox.try_recv().or_else(|_| self.mail.try_recv()) {
+            delivered += d.bytes.len();
             self.on_delivery(d);
             batch[0] += 1;
-            if batch[0] == PASS_DELIVERIES {
+            if batch[0] == PASS_DELIVERIES
+                || delivered >= PASS_DELIVERED_BYTES
+                || self.raw.queued_append_bytes() >= PASS_SEND_BYTES
+                || woke.elapsed() >= self.tick / PASS_SHARE_OF_TICK
+            {
                 left = true;
                 break;
             }
@@ -962,7 +988,7 @@ impl Runtime {
         }
         self.drain_backlog()?;
         while self.backlog.is_empty() {
-            if batch[2] == PASS_REQUESTS {
+            if batch[2] == PASS_REQUESTS || woke.elapsed() >= self.tick / PASS_SHARE_OF_TICK {
                 left = !self.requests.is_empty();
                 break;
             }
@@ -982,7 +1008,7 @@ impl Runtime {
             }
         }
         let readied = Instant::now();
-        left |= self.handle_ready()?;
+        left |= self.handle_ready(woke)?;
         if left {
             let _ = self.doorbell.try_send(());
         }
@@ -1026,7 +1052,11 @@ impl Runtime {
     fn persist(&mut self, job: StoreJob) -> Result<(), String> {
         let idle = self.handed == self.done && self.backlog.is_empty();
         match job {
-            StoreJob::Persist(p) if idle && self.raw.role() == Role::Follower => {
+            StoreJob::Persist(p)
+                if idle
+                    && self.raw.role() == Role::Follower
+                    && p.bytes() <= INLINE_PERSIST_BYTES =>
+            {
                 {
                     let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                     p.write_to(&mut **store)?;
@@ -1234,11 +1264,15 @@ impl Runtime {
     /// meanwhile) and only then sends the Ready's other messages (votes, acknowledgements)
     /// and reports back. Committed entries are applied here at once: they are durable on
     /// a majority already, whatever this node's own disk is doing.
-    /// Handles up to [`PASS_READIES`] Readies; returns whether more are ready.
-    fn handle_ready(&mut self) -> Result<bool, String> {
-        for _ in 0..PASS_READIES {
+    /// Handles up to [`PASS_READIES`] Readies (at least one, more while the pass that
+    /// began at `woke` is within its share of a tick); returns whether more are ready.
+    fn handle_ready(&mut self, woke: Instant) -> Result<bool, String> {
+        for i in 0..PASS_READIES {
             if !self.raw.has_ready() {
                 return Ok(false);
+            }
+            if i > 0 && woke.elapsed() >= self.tick / PASS_SHARE_OF_TICK {
+                return Ok(true);
             }
             let rd = self.raw.ready();
             self.send_all(&rd.early_messages);
@@ -1545,6 +1579,12 @@ pub(crate) struct Persist {
 }
 
 impl Persist {
+    /// The bytes of entries and snapshot it writes.
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(Entry::size).sum::<usize>()
+            + self.snapshot.as_ref().map_or(0, |s| s.data.len())
+    }
+
     /// Writes it to `store`, durable at the store's next sync.
     fn write_to(&self, store: &mut dyn LogStore) -> Result<(), String> {
         store.write(self.hard_state, self.snapshot.as_ref(), &self.entries)

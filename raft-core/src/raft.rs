@@ -77,6 +77,10 @@ pub enum ProposeError {
     },
 }
 
+/// Entry bytes one [`Raft::flush_appends`] sends to one follower at most (one append
+/// always goes when flow control allows).
+const FLUSH_BYTES: usize = 64 << 10;
+
 struct PendingRead {
     ctx: u64,
     index: Index,
@@ -113,6 +117,8 @@ pub struct Raft {
     votes: BTreeMap<NodeId, bool>,
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     pub(crate) msgs: Vec<Message>,
+    /// Entry bytes of the appends in `msgs`.
+    pub(crate) msgs_bytes: usize,
     transferee: Option<NodeId>,
     transfer_elapsed: u32,
     reads: Vec<PendingRead>,
@@ -188,6 +194,7 @@ impl Raft {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             msgs: Vec::new(),
+            msgs_bytes: 0,
             transferee: None,
             transfer_elapsed: 0,
             reads: Vec::new(),
@@ -675,7 +682,10 @@ impl Raft {
         }
     }
 
-    /// Sends every follower what it is missing, as far as flow control allows.
+    /// Sends every follower what it is missing, as far as flow control allows and up to
+    /// [`FLUSH_BYTES`] of entries each: a follower far behind gets the rest with the next
+    /// calls, so that what one Ready or one acknowledgement sends stays bounded whatever
+    /// the window.
     pub(crate) fn flush_appends(&mut self) {
         if self.role != Role::Leader {
             return;
@@ -687,33 +697,42 @@ impl Raft {
             .filter(|id| *id != self.cfg.id)
             .collect();
         for id in ids {
-            while self.send_append(id, false) {}
+            self.send_appends(id);
+        }
+    }
+
+    /// Sends `to` appends while flow control allows, up to [`FLUSH_BYTES`] of entries.
+    fn send_appends(&mut self, to: NodeId) {
+        let mut sent = 0;
+        while sent < FLUSH_BYTES {
+            match self.send_append(to, false) {
+                Some(bytes) => sent += bytes.max(1),
+                None => break,
+            }
         }
     }
 
     /// Sends one append (or snapshot chunk) to `to` if flow control allows and there is
-    /// something to send (`probe`: send even if empty). Returns whether one was sent with
-    /// entries, so the caller may send more.
-    fn send_append(&mut self, to: NodeId, probe: bool) -> bool {
-        let Some(pr) = self.progress.get(&to) else {
-            return false;
-        };
+    /// something to send (`probe`: send even if empty). Returns the entry bytes sent if
+    /// an append with entries went while replicating, so the caller may send more.
+    fn send_append(&mut self, to: NodeId, probe: bool) -> Option<usize> {
+        let pr = self.progress.get(&to)?;
         if let Mode::Snapshot {
             in_flight: false, ..
         } = pr.mode
         {
             self.send_snapshot_chunk(to);
-            return false;
+            return None;
         }
         if !pr.can_send(self.cfg.window()) {
-            return false;
+            return None;
         }
         let next = pr.next;
         let probing = matches!(pr.mode, Mode::Probe { .. });
         let prev_index = next - 1;
         let Some(prev_term) = self.log.term(prev_index) else {
             self.start_snapshot(to);
-            return false;
+            return None;
         };
         let entries = self.log.slice(
             next,
@@ -722,7 +741,7 @@ impl Raft {
             self.cfg.max_entries_per_append,
         );
         if entries.is_empty() && !probe && !probing {
-            return false;
+            return None;
         }
         let last = entries.last().map(|e| e.index);
         let bytes = entries.iter().map(Entry::size).sum();
@@ -740,7 +759,8 @@ impl Raft {
         );
         let pr = self.progress.get_mut(&to).expect("checked");
         pr.sent(last, bytes);
-        last.is_some() && pr.mode == Mode::Replicate
+        self.msgs_bytes += bytes;
+        (last.is_some() && pr.mode == Mode::Replicate).then_some(bytes)
     }
 
     fn start_snapshot(&mut self, to: NodeId) {
@@ -1125,7 +1145,7 @@ impl Raft {
                             self.send(from, term, Body::TimeoutNow);
                         }
                     }
-                    while self.send_append(from, false) {}
+                    self.send_appends(from);
                 } else {
                     if index == 0 && hint_index == 0 {
                         return; // a newer term's rejection, already handled by the term rule
@@ -1165,7 +1185,7 @@ impl Raft {
                     pr.acked(index);
                     pr.become_replicate();
                     self.maybe_commit();
-                    while self.send_append(from, false) {}
+                    self.send_appends(from);
                 } else if let Mode::Snapshot {
                     index: si,
                     acked,

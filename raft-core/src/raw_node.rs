@@ -276,6 +276,12 @@ impl RawNode {
         &self.raft.progress
     }
 
+    /// Entry bytes of the appends produced and not yet taken by [`RawNode::ready`]: a
+    /// runtime bounds the work of one pass by them (sending is its largest cost).
+    pub fn queued_append_bytes(&self) -> usize {
+        self.raft.msgs_bytes
+    }
+
     /// Whether [`RawNode::ready`] has anything to hand out.
     pub fn has_ready(&mut self) -> bool {
         self.raft.flush_appends();
@@ -306,6 +312,7 @@ impl RawNode {
         // it is: ordered elections can make a node candidate, voter for itself and leader in
         // one batch; a follower must not answer in a term it could forget).
         let hard_changed = !self.term_durable();
+        self.raft.msgs_bytes = 0;
         let (early, late): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.raft.msgs)
             .into_iter()
             .partition(|m| {
