@@ -78,7 +78,7 @@ impl Config {
             max_entries_per_append: 100,
             max_bytes_per_append: 1 << 20,
             max_entry_bytes: 1 << 20,
-            max_committed_per_ready: 1024,
+            max_committed_per_ready: 256,
             max_inflight: 256,
             max_inflight_bytes: 4 << 20,
             pre_vote: true,

@@ -20,8 +20,10 @@ use bytes::Bytes;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Shards: a copy after a snapshot takes a 256th of the state at a time.
-const SHARDS: usize = 256;
+/// Shards: a copy after a snapshot takes a 4096th of the state at a time, so the first
+/// writes after a snapshot of a large state (hundreds of thousands of keys) copy a little
+/// each instead of a Ready's worth of writes copying most of it.
+const SHARDS: usize = 4096;
 
 /// Keys to values, sharded by a fixed hash of the key (so the same key always lands in
 /// the same shard, on every replica and after every restore).

@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -486,6 +486,7 @@ impl Node {
             failure: Arc::clone(&shared),
             halted: false,
             longest_pass: Duration::ZERO,
+            sync_time: Arc::new(SyncTime::default()),
         };
         let id = runtime.raw.id();
         let core = Arc::new(Core {
@@ -494,10 +495,19 @@ impl Node {
             doorbell,
         });
         let storage = {
+            let sync_time = Arc::clone(&core.lock().sync_time);
             let (transport, core) = (Arc::clone(&transport), Arc::downgrade(&core));
             std::thread::Builder::new()
                 .name(format!("weft-store-{id}"))
-                .spawn(move || storage_loop(&store, &*transport, &job_rx, &stored_tx, &core))
+                .spawn(move || {
+                    let ends = StorageEnds {
+                        jobs: &job_rx,
+                        stored: &stored_tx,
+                        core: &core,
+                        sync_time: &sync_time,
+                    };
+                    storage_loop(&store, &*transport, ends)
+                })
                 .map_err(|e| NodeError::Refused(format!("cannot start the storage thread: {e}")))?
         };
         core.lock().storage = Some(storage);
@@ -655,6 +665,31 @@ struct Runtime {
     halted: bool,
     /// The longest pass so far (see [`Status::longest_pass_us`]).
     longest_pass: Duration,
+    /// How long syncs of the log take lately, here and on the storage thread.
+    sync_time: Arc<SyncTime>,
+}
+
+/// How long a sync of the log has taken lately, tail included: the longest recent sync,
+/// decaying by an eighth at each later one, over the syncs of every thread that syncs.
+/// Why: a follower writes and syncs small batches on its own thread to save a thread
+/// hand-off, which pays only while syncs are short; on a slow or busy disk (whose syncs
+/// spike to tens of milliseconds) that sync would hold the node's pass, no ticks and no
+/// answers, for its length.
+#[derive(Default)]
+struct SyncTime(AtomicU64);
+
+impl SyncTime {
+    /// Folds one sync's duration in.
+    fn record(&self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.0.load(Ordering::Relaxed);
+        self.0.store(us.max(old - old / 8), Ordering::Relaxed);
+    }
+
+    /// The decayed longest sync so far (zero before the first sync).
+    fn recent(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// Work left for the end of a pass (see [`at_pass_end`]).
@@ -728,6 +763,11 @@ const INLINE_PERSIST_BYTES: usize = 256 << 10;
 /// acknowledgement from a follower catching up opens its window for many appends, and
 /// sending them (encoding, authenticating, datagrams) is a pass's largest cost.
 const PASS_SEND_BYTES: usize = 128 << 10;
+
+/// A follower syncs on its own thread only while recent syncs took less than this: the
+/// hand-off it saves costs tens of microseconds, and a disk with slower syncs has a tail
+/// (tens of milliseconds on a shared virtual disk) that would hold the pass.
+const INLINE_SYNC_MAX: Duration = Duration::from_millis(1);
 
 /// Client requests one pass takes at most.
 const PASS_REQUESTS: usize = 4096;
@@ -1055,13 +1095,16 @@ impl Runtime {
             StoreJob::Persist(p)
                 if idle
                     && self.raw.role() == Role::Follower
-                    && p.bytes() <= INLINE_PERSIST_BYTES =>
+                    && p.bytes() <= INLINE_PERSIST_BYTES
+                    && self.sync_time.recent() < INLINE_SYNC_MAX =>
             {
                 {
                     let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                     p.write_to(&mut **store)?;
                     if p.sync {
+                        let began = Instant::now();
                         store.sync()?;
+                        self.sync_time.record(began.elapsed());
                     }
                 }
                 self.send_all(&p.messages);
@@ -1629,13 +1672,21 @@ enum Stored {
 /// the previous sync with one sync (group commit), then sends the messages that had to
 /// wait for it and reports what is durable. A batch that only moves the commit index is
 /// written without a sync (see [`Ready::must_sync`]).
-fn storage_loop(
-    store: &Mutex<Box<dyn LogStore>>,
-    transport: &dyn Transport,
-    jobs: &Receiver<StoreJob>,
-    stored: &Sender<Stored>,
-    core: &Weak<Core>,
-) {
+/// What the storage thread talks to besides the store and the transport.
+struct StorageEnds<'a> {
+    jobs: &'a Receiver<StoreJob>,
+    stored: &'a Sender<Stored>,
+    core: &'a Weak<Core>,
+    sync_time: &'a SyncTime,
+}
+
+fn storage_loop(store: &Mutex<Box<dyn LogStore>>, transport: &dyn Transport, ends: StorageEnds) {
+    let StorageEnds {
+        jobs,
+        stored,
+        core,
+        sync_time,
+    } = ends;
     // Each report is taken by a pass run here (see `Core`): at a leader whose own fsync
     // ends last, that pass commits the write.
     let report = |s: Stored| {
@@ -1708,7 +1759,15 @@ fn storage_loop(
                     store.compact_written(&w?)
                 }
             })
-            .and_then(|()| if sync { store.sync() } else { Ok(()) });
+            .and_then(|()| {
+                if !sync {
+                    return Ok(());
+                }
+                let began = Instant::now();
+                store.sync()?;
+                sync_time.record(began.elapsed());
+                Ok(())
+            });
         drop(store);
         if let Err(e) = result {
             report(Stored::Failed(e));
