@@ -91,6 +91,14 @@ pub struct VortexSwitchArgs {
     /// jitter; nothing is lost).
     #[arg(long, default_value_t = 0)]
     pub jitter_us: u64,
+    /// Admit only these node ids (comma-separated); any other is refused. Default: any.
+    #[arg(long, value_delimiter = ',')]
+    pub members: Option<Vec<u32>>,
+    /// Evict a member that has not entered the barrier this many milliseconds after
+    /// another member did, so that a stalled process does not hold up the others (it
+    /// attaches again when it resumes); 0 waits forever. Default: the emulator's, 100 ms.
+    #[arg(long)]
+    pub barrier_deadline_ms: Option<u64>,
 }
 
 /// `weft transport ...`

@@ -108,7 +108,7 @@ impl LocalCluster {
             Fabric::Ptp => (format!("kind = \"ptp\"\n{layered}"), None),
             Fabric::Vortex => {
                 let socket = dir.join("switch.sock");
-                let switch = start_switch(exe, &socket, dir)?;
+                let switch = start_switch(exe, &socket, dir, n)?;
                 (
                     format!(
                         "kind = \"vortex\"\nrequire = [\"reliable\", \"fifo_per_peer\", \"authenticated_source\", \"total_order\", \"barrier\"]\n\n\
@@ -345,12 +345,16 @@ impl LocalCluster {
     }
 }
 
-/// Starts `weft vortex-switch SOCKET` and waits for its socket to appear.
-fn start_switch(exe: &Path, socket: &Path, dir: &Path) -> anyhow::Result<Child> {
+/// Starts `weft vortex-switch SOCKET`, admitting nodes 1 to `n` only, and waits for its
+/// socket to appear.
+fn start_switch(exe: &Path, socket: &Path, dir: &Path, n: u32) -> anyhow::Result<Child> {
     let log = fs::File::create(dir.join("switch.log"))?;
+    let members: Vec<String> = (1..=n).map(|id| id.to_string()).collect();
     let mut child = Command::new(exe)
         .arg("vortex-switch")
         .arg(socket)
+        .arg("--members")
+        .arg(members.join(","))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -110,9 +110,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
 /// `weft vortex-switch`: serves the emulated fabric until the process is killed.
 fn vortex_switch(args: &cli::VortexSwitchArgs) -> anyhow::Result<()> {
+    let defaults = hw_sim::vortex::SwitchConfig::default();
     let cfg = hw_sim::vortex::SwitchConfig {
         jitter: std::time::Duration::from_micros(args.jitter_us),
-        ..Default::default()
+        barrier_deadline: match args.barrier_deadline_ms {
+            None => defaults.barrier_deadline,
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        },
+        members: args.members.as_ref().map(|m| m.iter().copied().collect()),
+        ..defaults
     };
     let server = hw_sim::vortex::SwitchServer::bind(&args.socket, cfg)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;

@@ -44,6 +44,7 @@ extern "C" {
 #define DV_ETRUNC (-8)     /* receive buffer too small; the message stays queued */
 #define DV_EIO (-9)        /* the fabric failed or misbehaved */
 #define DV_EVERSION (-10)  /* the fabric implements another API version */
+#define DV_EACCES (-11)    /* the fabric refuses this node id (not a member, or no access) */
 
 /* Guarantees, as bits of dv_fabric_info.caps. */
 /* No message is lost while sender and recipient are attached. */
@@ -90,7 +91,9 @@ typedef struct dv_ack {
  * "unix:PATH" (a switch process listening on a Unix socket); a vendor library documents
  * its own names (e.g. a device). Fails with DV_EINUSE if `node` is already attached:
  * a node id belongs to one endpoint at a time, which is what makes source stamps
- * trustworthy. The endpoint takes part in barriers from the next epoch on.
+ * trustworthy. Fails with DV_EACCES if the fabric admits only certain node ids and `node`
+ * is not one of them, or the caller may not reach the fabric. The endpoint takes part in
+ * barriers from the next epoch on.
  */
 int dv_open(const char *fabric, uint32_t node, dv_endpoint **out);
 
@@ -128,7 +131,10 @@ int dv_multicast(dv_endpoint *ep, const uint32_t *group, size_t group_len, const
  * timeout_us < 0 waits forever; on DV_ETIMEDOUT the endpoint stays in the barrier and the
  * next call waits for the same close. An epoch in which nothing was injected may be held
  * open by the fabric for a short idle period, so that idle endpoints do not spin.
- * A crashed or departed endpoint is left out of later barriers.
+ * A crashed or departed endpoint is left out of later barriers. A fabric may evict an
+ * endpoint that keeps the others waiting in the barrier past a bound of its own: the
+ * evicted endpoint's calls then fail with DV_ECLOSED, the others see it gone from the
+ * member list, and it may attach again (dv_close, then dv_open with the same node id).
  */
 int dv_barrier(dv_endpoint *ep, int64_t timeout_us, uint64_t *epoch);
 

@@ -67,6 +67,11 @@ impl Error {
         self.code == sys::DV_EINUSE
     }
 
+    /// The fabric refuses the node id: not one of its members, or no access (`DV_EACCES`).
+    pub fn is_denied(&self) -> bool {
+        self.code == sys::DV_EACCES
+    }
+
     /// The message exceeds the fabric's limit (`DV_EMSGSIZE`).
     pub fn is_too_large(&self) -> bool {
         self.code == sys::DV_EMSGSIZE

@@ -1,8 +1,10 @@
 //! The emulator across processes: a `dv-switch` process, endpoints attached over its Unix
 //! socket (from this process and from a C program that knows only `dv_api.h`), source ids
-//! that cannot be claimed twice, and a killed process seen gone at the next barrier.
+//! that cannot be claimed twice, a killed process seen gone at the next barrier, and a
+//! switch that admits only its members on a private socket.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,10 +23,16 @@ struct SwitchProcess {
 
 impl SwitchProcess {
     fn start(tag: &str) -> SwitchProcess {
+        SwitchProcess::start_with(tag, &[])
+    }
+
+    /// Starts `dv-switch SOCKET ARGS...`.
+    fn start_with(tag: &str, args: &[&str]) -> SwitchProcess {
         let dir = tempfile::Builder::new().prefix(tag).tempdir().unwrap();
         let sock = dir.path().join("switch.sock");
         let mut child = Command::new(env!("CARGO_BIN_EXE_dv-switch"))
             .arg(&sock)
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("starting dv-switch");
@@ -65,7 +73,9 @@ fn barrier_all(eps: &[&Endpoint]) -> Vec<hw_sim::vortex::EpochClose> {
 
 #[test]
 fn endpoints_in_this_process_share_a_switch_process() {
-    let sw = SwitchProcess::start("xproc");
+    // No barrier deadline: the barrier threads this test spawns each round are waited
+    // for, however late the scheduler runs them.
+    let sw = SwitchProcess::start_with("xproc", &["--barrier-deadline-ms", "0"]);
     let eps: Vec<Endpoint> = (1..=3)
         .map(|n| Endpoint::open(&sw.fabric, n).unwrap())
         .collect();
@@ -251,4 +261,30 @@ fn a_c_program_linked_against_the_header_talks_to_rust_endpoints() {
     );
     assert!(stdout.contains("members: 1 10"), "{stdout}");
     assert!(stdout.ends_with("ok\n"));
+}
+
+#[test]
+fn a_switch_process_admits_only_its_members_on_a_private_socket() {
+    let sw = SwitchProcess::start_with(
+        "xmembers",
+        &["--members", "1,2", "--barrier-deadline-ms", "50"],
+    );
+    let mode = std::fs::metadata(sw.socket()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    assert_eq!(Endpoint::open(&sw.fabric, 3).err(), Some(DvError::Denied));
+    let one = Endpoint::open(&sw.fabric, 1).unwrap();
+    let two = Endpoint::open(&sw.fabric, 2).unwrap();
+    let close = std::thread::scope(|s| {
+        let h = s.spawn(|| two.barrier(WAIT).unwrap());
+        let c = one.barrier(WAIT).unwrap();
+        assert_eq!(h.join().unwrap(), c);
+        c
+    });
+    assert_eq!(close.members, vec![1, 2]);
+    // Node 2 stops entering the barrier: 50 ms later node 1's epochs close without it.
+    let t = Instant::now();
+    let c = one.barrier(WAIT).unwrap();
+    assert_eq!(c.members, vec![1]);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(two.barrier(WAIT), Err(DvError::Closed));
 }

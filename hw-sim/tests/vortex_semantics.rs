@@ -170,9 +170,19 @@ fn check_one_global_order(logs: &[SenderLog]) {
     }
 }
 
+/// The switch the ordering tests run on: no barrier deadline, so that a test thread the
+/// scheduler leaves out for a while is waited for rather than evicted (eviction has tests
+/// of its own, in `switch_faults.rs`).
+fn patient(cfg: SwitchConfig) -> Arc<Switch> {
+    Switch::new(SwitchConfig {
+        barrier_deadline: None,
+        ..cfg
+    })
+}
+
 #[test]
 fn ten_thousand_random_epochs_one_order_at_every_receiver() {
-    let switch = Switch::new(SwitchConfig::default());
+    let switch = patient(SwitchConfig::default());
     let logs = run_random_epochs(&switch, 4, 10_000, 7);
     let delivered: usize = logs.iter().map(|l| l.seen.len()).sum();
     assert!(
@@ -184,7 +194,7 @@ fn ten_thousand_random_epochs_one_order_at_every_receiver() {
 
 #[test]
 fn jitter_and_pauses_cost_time_never_messages() {
-    let switch = Switch::new(SwitchConfig {
+    let switch = patient(SwitchConfig {
         jitter: Duration::from_micros(300),
         seed: 3,
         ..SwitchConfig::default()
@@ -203,7 +213,7 @@ fn jitter_and_pauses_cost_time_never_messages() {
 
 #[test]
 fn nothing_is_delivered_before_the_barrier_and_a_paused_node_holds_it() {
-    let switch = Switch::new(SwitchConfig::default());
+    let switch = patient(SwitchConfig::default());
     let a = Endpoint::attach(&switch, 1).unwrap();
     let b = Endpoint::attach(&switch, 2).unwrap();
     a.send(2, b"x").unwrap();

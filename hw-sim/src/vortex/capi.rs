@@ -376,6 +376,7 @@ pub extern "C" fn dv_strerror(status: c_int) -> *const c_char {
         Some(DvError::Truncated) => c"receive buffer too small; message left queued",
         Some(DvError::Io) => c"fabric I/O error",
         Some(DvError::Version) => c"fabric implements another API version",
+        Some(DvError::Denied) => c"the fabric refuses this node id (not a member, or no access)",
     };
     s.as_ptr()
 }

@@ -3,11 +3,12 @@
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::mailbox::Mailbox;
+use super::outbox::{Outbox, WhenFull};
 use super::switch::{Group, Sink, Switch};
 use super::wire::{self, Frame};
 use super::{DvError, API_VERSION};
@@ -60,13 +61,22 @@ pub struct FabricInfo {
 /// source stamping, positive acknowledgement.
 pub const ALL_CAPS: u32 = 0x3f;
 
+/// Bytes of frames an endpoint queues for a switch that reads slowly before its sends
+/// wait (a barrier entry never waits: its timeout must hold).
+const SEND_QUEUE: usize = 16 << 20;
+
+/// How long a closing endpoint waits for its queued frames to reach the switch, so that
+/// what it injected before closing is still delivered (`dv_close`).
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
 enum Link {
     Local {
         switch: Arc<Switch>,
         incarnation: u64,
     },
     Remote {
-        stream: Mutex<UnixStream>,
+        out: Option<Outbox>,
+        stream: UnixStream,
         reader: Option<JoinHandle<()>>,
     },
 }
@@ -90,7 +100,10 @@ impl Endpoint {
         let Some(path) = fabric.strip_prefix("unix:") else {
             return Err(DvError::Invalid);
         };
-        let mut stream = UnixStream::connect(path).map_err(|_| DvError::NoFabric)?;
+        let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => DvError::Denied,
+            _ => DvError::NoFabric,
+        })?;
         let io = |_| DvError::Io;
         stream
             .write_all(&wire::frame(&Frame::Hello {
@@ -125,11 +138,16 @@ impl Endpoint {
                 mb.disconnect();
             })
             .map_err(io)?;
+        let out = stream
+            .try_clone()
+            .and_then(|s| Outbox::start(s, SEND_QUEUE, format!("dv-endpoint-out-{node}")))
+            .map_err(io)?;
         Ok(Endpoint {
             node,
             mailbox,
             link: Link::Remote {
-                stream: Mutex::new(stream),
+                out: Some(out),
+                stream,
                 reader: Some(reader),
             },
             next_ticket: AtomicU64::new(1),
@@ -180,21 +198,26 @@ impl Endpoint {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         match &self.link {
             Link::Local { switch, .. } => switch.inject(self.node, ticket, group, bytes.into())?,
-            Link::Remote { .. } => self.write(&Frame::Inject {
-                ticket,
-                group,
-                bytes: bytes.to_vec(),
-            })?,
+            Link::Remote { .. } => self.write(
+                &Frame::Inject {
+                    ticket,
+                    group,
+                    bytes: bytes.to_vec(),
+                },
+                WhenFull::Wait,
+            )?,
         }
         Ok(ticket)
     }
 
-    fn write(&self, f: &Frame) -> Result<(), DvError> {
-        let Link::Remote { stream, .. } = &self.link else {
+    /// Queues `f` for the switch: the caller waits on the switch reading only when
+    /// `when_full` says so, never on a socket write.
+    fn write(&self, f: &Frame, when_full: WhenFull) -> Result<(), DvError> {
+        let Link::Remote { out: Some(out), .. } = &self.link else {
             return Ok(());
         };
-        let mut s = stream.lock().unwrap_or_else(|p| p.into_inner());
-        s.write_all(&wire::frame(f)).map_err(|_| DvError::Closed)
+        out.push(wire::frame(f), when_full)
+            .map_err(|_| DvError::Closed)
     }
 
     /// Injects a message to `dst` (this node itself allowed: it comes back in the global
@@ -215,7 +238,8 @@ impl Endpoint {
 
     /// Enters the barrier and waits for the open epoch to close (`timeout` `None`: forever).
     /// On a timeout the endpoint stays in the barrier; the next call waits for the same
-    /// close.
+    /// close. The timeout holds whatever the switch or the endpoint's own sends are doing:
+    /// entering the barrier is queued behind them, never waited on.
     pub fn barrier(&self, timeout: Option<Duration>) -> Result<EpochClose, DvError> {
         let after = self
             .mailbox
@@ -223,7 +247,7 @@ impl Endpoint {
             .map_or(self.first_epoch - 1, |c| c.epoch);
         match &self.link {
             Link::Local { switch, .. } => switch.enter_barrier(self.node)?,
-            Link::Remote { .. } => self.write(&Frame::Barrier)?,
+            Link::Remote { .. } => self.write(&Frame::Barrier, WhenFull::Exceed)?,
         }
         self.mailbox.wait_close(after, timeout)
     }
@@ -269,10 +293,16 @@ impl Drop for Endpoint {
                 switch,
                 incarnation,
             } => switch.detach(self.node, *incarnation),
-            Link::Remote { stream, reader } => {
-                let s = stream.get_mut().unwrap_or_else(|p| p.into_inner());
-                let _ = s.write_all(&wire::frame(&Frame::Leave));
-                let _ = s.shutdown(std::net::Shutdown::Both);
+            Link::Remote {
+                out,
+                stream,
+                reader,
+            } => {
+                if let Some(out) = out.take() {
+                    let _ = out.push(wire::frame(&Frame::Leave), WhenFull::Exceed);
+                    out.finish(CLOSE_FLUSH);
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Both);
                 if let Some(r) = reader.take() {
                     let _ = r.join();
                 }

@@ -23,8 +23,31 @@
 //! Faults ([`Switch::crash`], [`Switch::pause`], [`SwitchConfig::jitter`]) cost time or
 //! membership, never messages: a crashed endpoint stops injecting (its calls fail with
 //! [`DvError::Closed`]) and the others see it gone from the member list at the next
-//! barrier; a paused endpoint holds every barrier until it resumes; jitter delays epoch
-//! closes by a random amount.
+//! barrier; a paused endpoint holds every barrier until it resumes (or is evicted, below);
+//! jitter delays epoch closes by a random amount.
+//!
+//! # One member does not hold up the others
+//!
+//! - **Barrier deadline.** Once a member is in the barrier, the epoch waits at most
+//!   [`SwitchConfig::barrier_deadline`] for the rest; a member still out then (stopped,
+//!   stalled, or attached and never entering) is **evicted**: detached exactly as if it
+//!   had crashed. The others see it gone from the member list at that close; its own
+//!   calls fail with [`DvError::Closed`], and it comes back by attaching again under its
+//!   id, which eviction freed (a new attachment, so what it missed meanwhile is not
+//!   replayed: an evicted member knows it missed messages, as a restarted one does).
+//! - **No waiting on a reader.** Events bound for a member attached over a socket are
+//!   queued per connection and written by a thread of its own, so a member that stops
+//!   reading its socket costs the switch memory, not time. Its queue is bounded by
+//!   [`SwitchConfig::port_queue`]; a member over it is evicted.
+//! - **Barrier timeouts hold.** An endpoint never waits on a socket write to enter the
+//!   barrier (its frames are queued the same way), so `barrier(timeout)` returns within
+//!   the timeout plus scheduling noise, whatever the switch or its own sends are doing.
+//!
+//! # Who may attach
+//!
+//! A [`SwitchServer`]'s socket is mode 0600: only the switch's user can connect. A switch
+//! given [`SwitchConfig::members`] refuses any other node id with [`DvError::Denied`];
+//! a live id cannot be attached twice ([`DvError::InUse`]).
 //!
 //! # Fabric names
 //!
@@ -36,6 +59,7 @@
 pub mod capi;
 mod endpoint;
 mod mailbox;
+mod outbox;
 mod server;
 mod switch;
 mod wire;
@@ -83,6 +107,10 @@ pub enum DvError {
     /// The switch speaks another API version.
     #[error("switch speaks another API version")]
     Version,
+    /// The fabric refuses this node id: not one of its members, or the caller may not
+    /// connect to the switch at all (its socket belongs to another user).
+    #[error("the fabric refuses this node id")]
+    Denied,
 }
 
 impl DvError {
@@ -99,6 +127,7 @@ impl DvError {
             DvError::Truncated => -8,
             DvError::Io => -9,
             DvError::Version => -10,
+            DvError::Denied => -11,
         }
     }
 
@@ -108,7 +137,7 @@ impl DvError {
     }
 
     /// Every error, for tables and round-trip tests.
-    pub const ALL: [DvError; 10] = [
+    pub const ALL: [DvError; 11] = [
         DvError::Invalid,
         DvError::NoFabric,
         DvError::InUse,
@@ -119,5 +148,6 @@ impl DvError {
         DvError::Truncated,
         DvError::Io,
         DvError::Version,
+        DvError::Denied,
     ];
 }

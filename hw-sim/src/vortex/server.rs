@@ -2,15 +2,22 @@
 //! socket. The connection is the attachment: the switch stamps every message arriving on
 //! it with the node id bound at `Hello`, and a connection that drops (a killed process)
 //! is detached as crashed.
+//!
+//! Who may attach: the socket is created mode 0600, so only processes of the switch's
+//! user (or root) can connect, whatever the umask; and a switch given a member list
+//! ([`SwitchConfig::members`]) refuses every other node id.
 
 use std::io::{self, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::outbox::Outbox;
 use super::switch::{Sink, Switch, SwitchConfig};
 use super::wire::{self, Frame};
 use super::{DvError, API_VERSION};
@@ -21,6 +28,8 @@ pub struct SwitchServer {
     switch: Arc<Switch>,
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The accept thread's listener, kept to wake that thread when the server is dropped.
+    listener: UnixListener,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -38,14 +47,16 @@ impl SwitchServer {
             }
             std::fs::remove_file(&path)?;
         }
-        let listener = UnixListener::bind(&path)?;
+        let listener = bind_private(&path)?;
+        let accepting = listener.try_clone()?;
+        let port_queue = cfg.port_queue;
         let switch = Switch::new(cfg);
         let stop = Arc::new(AtomicBool::new(false));
         let (sw, st) = (switch.clone(), stop.clone());
         let accept = std::thread::Builder::new()
             .name("dv-switch-accept".into())
             .spawn(move || {
-                for conn in listener.incoming() {
+                for conn in accepting.incoming() {
                     if st.load(Ordering::Acquire) {
                         return;
                     }
@@ -53,13 +64,14 @@ impl SwitchServer {
                     let sw = sw.clone();
                     let _ = std::thread::Builder::new()
                         .name("dv-switch-port".into())
-                        .spawn(move || serve(&sw, conn));
+                        .spawn(move || serve(&sw, conn, port_queue));
                 }
             })?;
         Ok(SwitchServer {
             switch,
             path,
             stop,
+            listener,
             accept: Some(accept),
         })
     }
@@ -78,7 +90,10 @@ impl SwitchServer {
 impl Drop for SwitchServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        let _ = UnixStream::connect(&self.path); // wakes the accept loop
+        // Shutting a listening socket down fails its pending and later accepts (Linux),
+        // which wakes the accept loop even when the socket file is already gone.
+        // SAFETY: the descriptor is the listener's, open until it is dropped after this.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(a) = self.accept.take() {
             let _ = a.join();
         }
@@ -86,8 +101,29 @@ impl Drop for SwitchServer {
     }
 }
 
-/// One endpoint's connection, from `Hello` to its end.
-fn serve(switch: &Arc<Switch>, stream: UnixStream) {
+/// Binds a listener at `path` whose socket file is mode 0600 from the moment it appears
+/// there: it is bound under a temporary name beside `path`, restricted, and renamed into
+/// place (a rename keeps the listening socket), so no connection can slip in between the
+/// bind and the restriction, whatever the umask.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Short, so that the temporary path fits the socket address wherever `path` does.
+    let tmp = path.with_file_name(format!(".dv{:x}-{n}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// One endpoint's connection, from `Hello` to its end. Events go out through an
+/// [`Outbox`] of `port_queue` bytes, so that the switch never waits on this endpoint.
+fn serve(switch: &Arc<Switch>, stream: UnixStream, port_queue: usize) {
     let Ok(clone) = stream.try_clone() else {
         return;
     };
@@ -103,10 +139,13 @@ fn serve(switch: &Arc<Switch>, stream: UnixStream) {
         _ => return refuse(&mut writer, DvError::Invalid),
     };
     let _ = writer.set_read_timeout(None);
-    let Ok(out) = writer.try_clone() else {
-        return;
+    let Ok(out) = writer
+        .try_clone()
+        .and_then(|s| Outbox::start(s, port_queue, format!("dv-switch-out-{node}")))
+    else {
+        return refuse(&mut writer, DvError::Io);
     };
-    // The switch writes `Welcome` and every later event onto the socket itself.
+    // The switch sends `Welcome` and every later event through the outbox.
     let incarnation = match switch.attach(node, Sink::Remote(out)) {
         Ok((_, incarnation)) => incarnation,
         Err(e) => return refuse(&mut writer, e),

@@ -1,15 +1,14 @@
 //! The switch: the one place where epochs are numbered, the global order is decided and
 //! source ids are stamped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
-
 use super::endpoint::Ack;
 use super::mailbox::Mailbox;
+use super::outbox::{Outbox, OutboxError, WhenFull};
+use super::wire::{self, Frame};
 use super::{DvError, MAX_MESSAGE};
 
 /// Settings of one emulated switch.
@@ -23,6 +22,25 @@ pub struct SwitchConfig {
     pub jitter: Duration,
     /// Seed of the jitter.
     pub seed: u64,
+    /// How long an epoch waits for a member that has not entered its barrier (or is
+    /// paused) once another member has: a member still out when it runs out is evicted,
+    /// detached as if it had crashed, so that one stalled process (a stopped one, say)
+    /// costs the others this long and no more. The wait runs from the first entry into
+    /// the open epoch's barrier, or from the member's attachment if that came later.
+    /// `None` waits forever, as the model without faults has it.
+    ///
+    /// The default, 100 ms, is below the shortest election timeout weft uses (150 ms), so
+    /// that a stalled follower does not silence a healthy leader into an election, and far
+    /// above what a member that is merely busy takes between two barriers.
+    pub barrier_deadline: Option<Duration>,
+    /// Bytes of events a member attached over a socket may leave unread before the switch
+    /// gives up on it and evicts it (its epochs keep closing meanwhile: nobody waits on
+    /// its reading). A single batch larger than this is still taken by an empty queue.
+    pub port_queue: usize,
+    /// The node ids allowed to attach (`None`: any). Any other id is refused with
+    /// [`DvError::Denied`], so that a stray process cannot join the fabric under an id
+    /// outside the cluster.
+    pub members: Option<BTreeSet<u32>>,
 }
 
 impl Default for SwitchConfig {
@@ -32,6 +50,9 @@ impl Default for SwitchConfig {
             max_message: MAX_MESSAGE,
             jitter: Duration::ZERO,
             seed: 0,
+            barrier_deadline: Some(Duration::from_millis(100)),
+            port_queue: 64 << 20,
+            members: None,
         }
     }
 }
@@ -55,29 +76,64 @@ pub(crate) enum Event {
     Crashed,
 }
 
-/// Where an endpoint's events go: straight into its mailbox in this process, or onto its
-/// socket connection (written by the switch thread that produced them, in one write per
-/// batch: the endpoint's reader thread always drains its socket, so this cannot block for
-/// long, and a thread hop per epoch would cost more than the write).
+/// Where an endpoint's events go: straight into its mailbox in this process, or into its
+/// connection's [`Outbox`] (one buffer per batch), which never makes the switch wait on
+/// the endpoint reading: the switch pushes under its one lock, and a member that stopped
+/// reading must not stop the others.
 pub(crate) enum Sink {
     Local(Arc<Mailbox>),
-    Remote(UnixStream),
+    Remote(Outbox),
 }
 
 impl Sink {
-    fn push(&self, events: Vec<Event>) {
+    /// Hands `events` over without waiting; fails only when a remote member has left more
+    /// than [`SwitchConfig::port_queue`] bytes unread.
+    fn push(&self, events: Vec<Event>) -> Result<(), OutboxError> {
         match self {
-            Sink::Local(m) => m.apply(events),
-            Sink::Remote(stream) => {
+            Sink::Local(m) => {
+                m.apply(events);
+                Ok(())
+            }
+            Sink::Remote(out) => {
                 let mut buf = Vec::new();
                 for e in &events {
-                    buf.extend(super::wire::frame(&super::wire::Frame::from_event(e)));
+                    buf.extend(wire::frame(&Frame::from_event(e)));
                 }
-                // A closed connection is detached by its reader; nothing to do here.
-                let _ = (&*stream).write_all(&buf);
+                out.push(buf, WhenFull::Refuse)
             }
         }
     }
+
+    /// Tells the endpoint it crashed, after what it was sent already.
+    fn crash(self) {
+        match self {
+            Sink::Local(m) => m.apply(vec![Event::Crashed]),
+            Sink::Remote(out) => {
+                let _ = out.push(
+                    wire::frame(&Frame::from_event(&Event::Crashed)),
+                    WhenFull::Exceed,
+                );
+                out.close();
+            }
+        }
+    }
+
+    /// Cuts the endpoint off at once: an evicted member's backlog is dropped with it.
+    fn cut(self) {
+        match self {
+            Sink::Local(m) => m.disconnect(),
+            Sink::Remote(out) => out.cut(),
+        }
+    }
+}
+
+/// Why the switch evicted a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Eviction {
+    #[error("it did not enter the barrier within {0:?} of the others")]
+    MissedBarrier(Duration),
+    #[error("its connection took no more events: {0}")]
+    Connection(OutboxError),
 }
 
 /// Recipients of an injected message.
@@ -101,6 +157,14 @@ struct Port {
     sink: Sink,
     in_barrier: bool,
     paused_until: Option<Instant>,
+    attached_at: Instant,
+}
+
+impl Port {
+    /// In the barrier and not held by a pause: the epoch waits on it no longer.
+    fn ready(&self) -> bool {
+        self.in_barrier && self.paused_until.is_none()
+    }
 }
 
 struct State {
@@ -116,6 +180,9 @@ struct State {
     attachments: u64,
     /// When the timer thread will next look, so it is woken only for an earlier deadline.
     timer_wake: Instant,
+    /// Since when a member is ready in the open epoch's barrier (`None` while none is):
+    /// the barrier deadline runs from here.
+    waiting_since: Option<Instant>,
 }
 
 /// An emulated Data Vortex switch. Shared by its endpoints; a background thread closes
@@ -141,6 +208,7 @@ impl Switch {
                 rng,
                 attachments: 0,
                 timer_wake: Instant::now(),
+                waiting_since: None,
             }),
             timer: Condvar::new(),
         });
@@ -200,14 +268,15 @@ impl Switch {
         let Some(port) = st.ports.remove(&node) else {
             return false;
         };
-        port.sink.push(vec![Event::Crashed]);
+        port.sink.crash();
         st.membership_changed = true;
         self.progress(&mut st);
         true
     }
 
     /// Fault injection: `node` stops taking part in barriers for `d` (as a stalled host
-    /// would), which holds every epoch close until it resumes.
+    /// would), which holds every epoch close until it resumes, or until the barrier
+    /// deadline evicts it.
     pub fn pause(&self, node: u32, d: Duration) -> bool {
         let mut st = self.lock();
         let Some(port) = st.ports.get_mut(&node) else {
@@ -218,12 +287,23 @@ impl Switch {
         true
     }
 
-    /// Attaches `node`; returns the open epoch and the attachment's incarnation.
+    /// Attaches `node`; returns the open epoch and the attachment's incarnation. A refused
+    /// attachment's sink is dropped unused.
     pub(crate) fn attach(&self, node: u32, sink: Sink) -> Result<(u64, u64), DvError> {
         let mut st = self.lock();
+        if st.cfg.members.as_ref().is_some_and(|m| !m.contains(&node)) {
+            tracing::warn!(node, "refused an attachment: not a member of this fabric");
+            return Err(DvError::Denied);
+        }
         if st.ports.contains_key(&node) {
             return Err(DvError::InUse);
         }
+        let attached = Event::Attached {
+            epoch: st.epoch,
+            max_message: st.cfg.max_message as u32,
+        };
+        // A new connection's queue is empty: it takes the first event whatever its size.
+        sink.push(vec![attached]).map_err(|_| DvError::Io)?;
         st.attachments += 1;
         let incarnation = st.attachments;
         st.ports.insert(
@@ -233,16 +313,10 @@ impl Switch {
                 sink,
                 in_barrier: false,
                 paused_until: None,
+                attached_at: Instant::now(),
             },
         );
         st.membership_changed = true;
-        let attached = Event::Attached {
-            epoch: st.epoch,
-            max_message: st.cfg.max_message as u32,
-        };
-        if let Some(p) = st.ports.get(&node) {
-            p.sink.push(vec![attached]);
-        }
         Ok((st.epoch, incarnation))
     }
 
@@ -295,18 +369,21 @@ impl Switch {
         Ok(())
     }
 
-    /// Closes the epoch if it may close now, and wakes the timer when the close waits on
-    /// a time earlier than the timer's next look.
+    /// Closes the epoch if it may close now (evicting members past the barrier deadline
+    /// first), and wakes the timer when the close or an eviction waits on a time earlier
+    /// than the timer's next look.
     ///
     /// An idle epoch never needs the timer woken: it looks at least every idle period on
     /// its own, and waking a thread per epoch would cost more than the epoch.
     fn progress(&self, st: &mut State) {
         let waits_on_fault =
             st.jitter_until.is_some() || st.ports.values().any(|p| p.paused_until.is_some());
-        if try_close(st, Instant::now()) == Closable::Later
-            && waits_on_fault
-            && deadline(st).is_some_and(|d| d < st.timer_wake)
-        {
+        let next = match try_close(st, Instant::now()) {
+            Closable::Later if waits_on_fault => deadline(st),
+            Closable::Waiting => eviction_due(st),
+            _ => None,
+        };
+        if next.is_some_and(|d| d < st.timer_wake) {
             self.timer.notify_all();
         }
     }
@@ -337,14 +414,56 @@ fn deadline(st: &State) -> Option<Instant> {
     d
 }
 
-fn try_close(st: &mut State, now: Instant) -> Closable {
-    if st.ports.is_empty() || !st.ports.values().all(|p| p.in_barrier) {
-        return Closable::Waiting;
+/// When the first member still keeping the open epoch waiting is due for eviction.
+fn eviction_due(st: &State) -> Option<Instant> {
+    let (since, limit) = (st.waiting_since?, st.cfg.barrier_deadline?);
+    st.ports
+        .values()
+        .filter(|p| !p.ready())
+        .map(|p| since.max(p.attached_at) + limit)
+        .min()
+}
+
+/// Evicts the members that kept a waiting epoch past the barrier deadline.
+fn evict_stragglers(st: &mut State, now: Instant) {
+    if !st.ports.values().any(Port::ready) {
+        st.waiting_since = None;
+        return;
     }
+    let since = *st.waiting_since.get_or_insert(now);
+    let Some(limit) = st.cfg.barrier_deadline else {
+        return;
+    };
+    let late: Vec<u32> = st
+        .ports
+        .iter()
+        .filter(|(_, p)| !p.ready() && now >= since.max(p.attached_at) + limit)
+        .map(|(n, _)| *n)
+        .collect();
+    for node in late {
+        evict(st, node, Eviction::MissedBarrier(limit));
+    }
+}
+
+/// Detaches `node` as if it had crashed: the others see it gone at the next barrier, its
+/// own calls fail with [`DvError::Closed`], and its id is free to attach again.
+fn evict(st: &mut State, node: u32, why: Eviction) {
+    if let Some(port) = st.ports.remove(&node) {
+        tracing::warn!(node, epoch = st.epoch, "evicted a member: {why}");
+        port.sink.cut();
+        st.membership_changed = true;
+    }
+}
+
+fn try_close(st: &mut State, now: Instant) -> Closable {
     for p in st.ports.values_mut() {
         if p.paused_until.is_some_and(|t| t <= now) {
             p.paused_until = None;
         }
+    }
+    evict_stragglers(st, now);
+    if st.ports.is_empty() || !st.ports.values().all(|p| p.in_barrier) {
+        return Closable::Waiting;
     }
     if st.ports.values().any(|p| p.paused_until.is_some()) {
         return Closable::Later;
@@ -409,6 +528,7 @@ fn close(st: &mut State, now: Instant) {
             }));
         }
     }
+    let mut unread = Vec::new();
     for (node, port) in st.ports.iter_mut() {
         port.in_barrier = false;
         let mut events = out.remove(node).unwrap_or_default();
@@ -416,12 +536,18 @@ fn close(st: &mut State, now: Instant) {
             epoch,
             members: members.clone(),
         });
-        port.sink.push(events);
+        if let Err(e) = port.sink.push(events) {
+            unread.push((*node, e));
+        }
     }
     st.epoch += 1;
     st.opened = now;
     st.membership_changed = false;
     st.jitter_until = None;
+    st.waiting_since = None;
+    for (node, e) in unread {
+        evict(st, node, Eviction::Connection(e));
+    }
 }
 
 fn run_timer(weak: Weak<Switch>) {
@@ -433,9 +559,11 @@ fn run_timer(weak: Weak<Switch>) {
         let now = Instant::now();
         let max_wait = st.cfg.idle_epoch.max(Duration::from_micros(100));
         let wait = match try_close(&mut st, now) {
-            Closable::Later => deadline(&st).map_or(max_wait, |d| d.saturating_duration_since(now)),
-            _ => max_wait,
+            Closable::Later => deadline(&st),
+            Closable::Waiting => eviction_due(&st),
+            Closable::Closed => None,
         }
+        .map_or(max_wait, |d| d.saturating_duration_since(now))
         .min(max_wait);
         st.timer_wake = now + wait;
         let _ = switch

@@ -1,0 +1,124 @@
+//! A stalled member on the Data Vortex fabric: three `weft node` processes attached to a
+//! `weft vortex-switch` process, one follower stopped (SIGSTOP). The switch evicts it after
+//! its barrier deadline, so the leader and the other follower keep committing with short
+//! latencies; when the follower is continued (SIGCONT) it attaches again under its id,
+//! catches up, and does not disrupt the leader. Bounded at about 20 s.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weft::local_cluster::{Fabric, LocalCluster};
+use weft_raft::client::Client;
+
+fn exe() -> PathBuf {
+    env!("CARGO_BIN_EXE_weft").into()
+}
+
+/// How long puts are timed with the follower stopped.
+const STOPPED_FOR: Duration = Duration::from_secs(3);
+
+/// The longest election timeout of the generated config: 15 ms ticks, elections after 10
+/// to 20 ticks.
+const ELECTION_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// How long the resumed follower may take to apply what the leader had committed.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The latency at quantile `q` of `samples` (sorted in place).
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Times sequential puts for `span`; each must succeed.
+fn timed_puts(client: &mut Client, prefix: &str, span: Duration) -> Vec<Duration> {
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    while start.elapsed() < span {
+        let n = latencies.len();
+        let t = Instant::now();
+        client
+            .put(&format!("{prefix}{}", n % 64), Bytes::from(n.to_string()))
+            .unwrap_or_else(|e| panic!("put {n} failed {:?} into the run: {e}", start.elapsed()));
+        latencies.push(t.elapsed());
+    }
+    latencies
+}
+
+#[test]
+fn a_stopped_follower_does_not_stall_the_vortex_cluster_and_catches_up_when_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::create(dir.path(), &exe(), 3, 3, Fabric::Vortex).unwrap();
+    let (leader, _) = cluster.start_all(Duration::from_secs(15)).unwrap();
+    let follower = leader % 3 + 1;
+    let mut client = cluster.client(Duration::from_secs(5)).unwrap();
+    // Warm up (connections, the leader's first entries) before anything is timed.
+    timed_puts(&mut client, "warm", Duration::from_millis(300));
+
+    cluster.freeze(follower, true).unwrap();
+    let mut latencies = timed_puts(&mut client, "stopped", STOPPED_FOR);
+    let puts = latencies.len();
+    let p50 = quantile(&mut latencies, 0.50);
+    let p99 = quantile(&mut latencies, 0.99);
+    let max = quantile(&mut latencies, 1.0);
+    eprintln!(
+        "follower {follower} stopped: {puts} puts in {STOPPED_FOR:?}, p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
+    assert!(puts >= 100, "only {puts} puts committed in {STOPPED_FOR:?}");
+    assert!(
+        p99 < Duration::from_millis(100),
+        "p99 {p99:?} with follower {follower} stopped (p50 {p50:?}, max {max:?}); logs in {}",
+        dir.path().display()
+    );
+    let switch_log = std::fs::read_to_string(dir.path().join("switch.log")).unwrap_or_default();
+    assert!(
+        switch_log.contains("evicted"),
+        "the switch evicted the stopped follower:\n{switch_log}"
+    );
+
+    cluster.freeze(follower, false).unwrap();
+    let resumed = Instant::now();
+    client
+        .put("after-resume", Bytes::from_static(b"1"))
+        .expect("a put right after the follower resumed");
+    let first_write = resumed.elapsed();
+    assert!(
+        first_write < 2 * ELECTION_TIMEOUT,
+        "the first write after the resume took {first_write:?}"
+    );
+    let (still, _) = cluster.leader(Duration::from_secs(2)).expect("a leader");
+    assert_eq!(
+        still, leader,
+        "the resumed follower did not depose the leader"
+    );
+
+    // The follower attaches again and applies everything the leader has committed.
+    let probe = cluster.client(Duration::from_secs(2)).unwrap();
+    let target = probe
+        .status_of(cluster.client_addr(leader))
+        .expect("the leader's status")
+        .commit;
+    let deadline = resumed + CATCH_UP;
+    let caught_up = loop {
+        if let Ok(s) = probe.status_of(cluster.client_addr(follower)) {
+            if s.commit >= target && s.applied >= target {
+                break resumed.elapsed();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower {follower} did not apply index {target} within {CATCH_UP:?}; log:\n{}",
+            cluster.log(follower)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "after the resume: first write in {first_write:?}, follower applied index {target} after {caught_up:?}"
+    );
+    let log = cluster.log(follower);
+    assert!(
+        log.contains("attached to the fabric again"),
+        "the follower rejoined through a new attachment:\n{log}"
+    );
+}
