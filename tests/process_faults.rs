@@ -100,9 +100,13 @@ fn report(
         }
     }
     let worst = healed.iter().max().copied().unwrap_or_default();
+    let each: Vec<String> = healed
+        .iter()
+        .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        .collect();
     eprintln!(
-        "fault-suite: {fault}: heal to commit max {worst:?} over {} heals; longest pass {:?} (node {})",
-        healed.len(),
+        "fault-suite: {fault}: heal to commit max {worst:?} (each, ms: {}); longest pass {:?} (node {})",
+        each.join(" "),
         longest.1,
         longest.0
     );
@@ -655,4 +659,120 @@ fn a_node_refuses_settings_it_cannot_run_naming_them() {
             "case {i} should say {says:?}:\n{stderr}"
         );
     }
+}
+
+/// A tmpfs mounted for a test, unmounted on drop.
+struct SmallDisk {
+    at: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as `mount` takes it, e.g. "4m") at `at`, or says why it
+    /// cannot (not root, no mount).
+    fn mount(at: &std::path::Path, size: &str) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(SmallDisk {
+            at: at.to_path_buf(),
+        })
+    }
+
+    /// Grows the file system to `size`.
+    fn grow(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .output();
+    }
+}
+
+/// A follower whose disk fills up stops (it acknowledged nothing it could not write), the
+/// others go on committing; once its disk has room again it restarts from its log, catches
+/// up, and a write commits within two election timeouts.
+#[test]
+fn a_follower_whose_disk_fills_stops_and_rejoins_once_it_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::create(dir.path(), &exe(), 3, 3, Fabric::Udp).unwrap();
+    let data = weft::default_data_dir(cluster.config(), 3);
+    let disk = match SmallDisk::mount(&data, "3m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a small tmpfs ({why}); run as root");
+            return;
+        }
+    };
+    for id in 1..=3 {
+        cluster.start(id).unwrap();
+    }
+    let (leader, _) = cluster.leader(Duration::from_secs(20)).expect("a leader");
+    if leader == 3 {
+        let mut admin = cluster.client(Duration::from_secs(10)).unwrap();
+        admin.transfer_leader(NodeId(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster
+            .leader(Duration::from_secs(5))
+            .is_none_or(|(l, _)| l == 3)
+        {
+            assert!(Instant::now() < deadline, "leadership never left node 3");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let load = Workload::start(&cluster, 8);
+    // Fill the follower's disk with large values (through whoever leads).
+    let mut c = cluster.client(Duration::from_secs(10)).unwrap();
+    let big = Bytes::from(vec![b'd'; 64 << 10]);
+    let started = Instant::now();
+    let stopped = loop {
+        c.put("filler", big.clone()).unwrap();
+        if let Some(status) = cluster.wait_exit(3, Duration::from_millis(1)) {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 3 never stopped although its 3 MiB disk must be full:\n{}",
+            cluster.log(3)
+        );
+    };
+    assert!(!stopped.success());
+    let log = cluster.log(3);
+    assert!(
+        log.contains("No space left") || log.contains("space"),
+        "node 3 says why it stopped:\n{log}"
+    );
+    let mut healed = vec![commits_after_heal(&cluster, "disk full (while stopped)")];
+    disk.grow("256m");
+    cluster.start(3).unwrap();
+    healed.push(commits_after_heal(&cluster, "disk full"));
+    caught_up(&cluster, 3, Duration::from_secs(10));
+    load.finish(&cluster);
+    report(
+        &cluster,
+        "disk full on a follower",
+        &healed,
+        &[],
+        Passes::Bounded,
+    );
+    drop(cluster);
 }

@@ -161,7 +161,7 @@ fn a_large_state_under_sustained_load_keeps_its_leader() {
             (s.term, s.leader),
             (term, Some(weft_raft::NodeId(leader))),
             "node {id} saw an election under load:\n{}",
-            cluster.log(id)
+            notable(&cluster)
         );
         let pass = Duration::from_micros(s.longest_pass_us);
         if pass > longest.1 {
@@ -177,17 +177,26 @@ fn a_large_state_under_sustained_load_keeps_its_leader() {
     );
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
     assert!(puts > 0);
-    let slow: Vec<String> = cluster
-        .log(longest.0)
-        .lines()
-        .filter(|l| l.contains("slow pass"))
-        .map(str::to_string)
-        .collect();
     assert!(
         longest.1 < LONGEST_PASS,
         "node {} had a pass of {:?}:\n{}",
         longest.0,
         longest.1,
-        slow.join("\n")
+        notable(&cluster)
     );
+}
+
+/// Every node's warnings and role changes, for a failure message.
+fn notable(cluster: &LocalCluster) -> String {
+    (1..=3)
+        .flat_map(|id| {
+            cluster
+                .log(id)
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains(" state "))
+                .map(|l| format!("node {id}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -1321,8 +1321,9 @@ impl Runtime {
             self.send_all(&rd.early_messages);
             self.rates.add(APPENDS, rd.entries.len() as u64);
             if let Some(s) = &rd.snapshot {
-                self.kv = KvStore::restore(&s.data)
+                let restored = KvStore::restore(&s.data)
                     .map_err(|e| format!("snapshot from the leader is unreadable: {e}"))?;
+                drop_off_the_pass(std::mem::replace(&mut self.kv, restored));
                 self.last_snapshot_bytes = s.data.len() as u64;
                 self.bytes_since_snapshot = 0;
             }
@@ -1435,7 +1436,11 @@ impl Runtime {
             tracing::debug!(node = %self.raw.id(), index, "snapshot superseded before it was ready");
             return Ok(());
         }
+        // The snapshot this one replaces may hold the last reference to the previous
+        // state's bytes: freeing hundreds of megabytes takes tens of milliseconds.
+        let replaced = self.raw.snapshot().map(|s| s.data.clone());
         let snap = self.raw.compact(index, data).map_err(|e| e.to_string())?;
+        drop_off_the_pass(replaced);
         self.last_snapshot_bytes = snap.data.len() as u64;
         self.hand_to_storage(StoreJob::Compact(snap))
     }
@@ -1593,6 +1598,18 @@ impl RaftSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// Drops `value` on a thread of its own: a large state or snapshot takes tens of
+/// milliseconds to free, which would count against the pass (and its peers' patience).
+fn drop_off_the_pass<T: Send + 'static>(value: T) {
+    let spawned = std::thread::Builder::new()
+        .name("weft-free".into())
+        .spawn(move || drop(value));
+    if let Err(e) = spawned {
+        // The closure, and the value with it, was dropped here instead.
+        tracing::debug!(error = %e, "cannot start a thread to free memory; freed in the pass");
     }
 }
 

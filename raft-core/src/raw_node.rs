@@ -200,6 +200,11 @@ impl RawNode {
         self.raft.compact(index, data)
     }
 
+    /// The latest snapshot: taken here or installed from the leader.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.raft.snapshot.as_ref()
+    }
+
     /// Campaigns at once (tests, operator tools).
     pub fn campaign(&mut self) {
         self.raft.become_follower(self.raft.term, None);
