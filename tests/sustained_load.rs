@@ -1,6 +1,6 @@
 //! Sustained load on a cluster with a large state: three `weft node` processes are
-//! preloaded with 1000-byte values under many keys, then 64 clients overwrite them one
-//! put at a time for a while. The cluster must keep its leader (no election, one term),
+//! preloaded with 1000-byte values under many keys, then 64 clients overwrite them, each
+//! with one put in flight, for a while. The cluster must keep its leader (no election, one term),
 //! fail no request, and no node may have a pass of three ticks (peers count silence in
 //! ticks, so longer passes are what lost leaders under such load).
 //!
@@ -14,12 +14,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use weft::local_cluster::{Fabric, LocalCluster};
 use weft_raft::client::Connection;
-use weft_raft::service::protocol::{ClientRequest, Reply, Request};
+use weft_raft::service::protocol::{ClientReply, ClientRequest, Reply, Request};
 
 /// Three ticks of the local clusters' 15 ms.
 const LONGEST_PASS: Duration = Duration::from_millis(45);
 
 const VALUE: usize = 1000;
+
+/// Clients writing at once, one put in flight each.
+const CLIENTS: u64 = 64;
+
+/// Threads that drive them.
+const CLIENT_THREADS: u64 = 4;
 
 fn exe() -> std::path::PathBuf {
     env!("CARGO_BIN_EXE_weft").into()
@@ -115,23 +121,57 @@ fn a_large_state_under_sustained_load_keeps_its_leader() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..64u64)
-        .map(|c| {
-            let mut client = cluster.client(Duration::from_secs(15)).unwrap();
-            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+    let cfg = cluster
+        .client(Duration::from_secs(15))
+        .unwrap()
+        .config()
+        .clone();
+    let addr = cluster.client_addr(leader);
+    // 64 clients with one put in flight each, driven by a few threads: a thread per
+    // client would make the load generator, not the cluster, what the scheduler waits on.
+    let clients: Vec<_> = (0..CLIENT_THREADS)
+        .map(|t| {
+            let (cfg, stop, ok, failed) = (
+                cfg.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+            );
             std::thread::spawn(move || {
                 let value = Bytes::from(vec![b'v'; VALUE]);
-                let mut n = 0u64;
+                let mine = CLIENTS / CLIENT_THREADS;
+                let mut conns: Vec<(Connection, u64, u64)> = (0..mine)
+                    .map(|i| {
+                        let session = 0x10AD_0000 + t * mine + i;
+                        let conn = Connection::open(addr, &cfg, Duration::from_secs(10)).unwrap();
+                        (conn, session, 0)
+                    })
+                    .collect();
                 while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let key = format!("k{}", (c * 7919 + n * 104_729) % keys);
-                    match client.put(&key, value.clone()) {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            eprintln!("client {c}: {e}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
+                    for (conn, session, seq) in &mut conns {
+                        *seq += 1;
+                        let key = format!("k{}", (*session * 7919 + *seq * 104_729) % keys);
+                        let id = conn.next_id();
+                        let body = Request::Put {
+                            client: *session,
+                            seq: *seq,
+                            key,
+                            value: value.clone(),
+                        };
+                        conn.send(&ClientRequest { id, body }).unwrap();
+                    }
+                    for (conn, session, _) in &mut conns {
+                        match conn.recv(Some(Duration::from_secs(15))) {
+                            Ok(ClientReply {
+                                body: Reply::Written { .. },
+                                ..
+                            }) => ok.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                eprintln!("client {session}: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
                 }
             })
         })
@@ -169,7 +209,7 @@ fn a_large_state_under_sustained_load_keeps_its_leader() {
         }
     }
     eprintln!(
-        "sustained-load: {keys} keys, 64 clients x {VALUE} B for {load:?}: {puts} puts ({rate:.0}/s), \
+        "sustained-load: {keys} keys, {CLIENTS} clients x {VALUE} B for {load:?}: {puts} puts ({rate:.0}/s), \
          {} failed, one leader (term {term}), longest pass {:?} (node {})",
         failed.load(Ordering::Relaxed),
         longest.1,

@@ -32,7 +32,10 @@ pub struct Config {
     pub max_inflight: usize,
     /// Bytes of entries in flight per follower while replicating: what one opened
     /// window sends to a follower far behind, so the work of a pass stays bounded
-    /// whatever its lag.
+    /// whatever its lag. Keep it below what the transport holds unacknowledged per peer
+    /// (the `reliable` layer's window of 1,024 datagrams is about 1.4 MiB on UDP): appends
+    /// beyond it are refused by the transport, and so are the heartbeats behind them,
+    /// which costs the leader its followers under sustained load.
     pub max_inflight_bytes: usize,
     /// Ask "would you vote for me?" before disrupting a cluster with a new term.
     pub pre_vote: bool,
@@ -80,7 +83,7 @@ impl Config {
             max_entry_bytes: 1 << 20,
             max_committed_per_ready: 256,
             max_inflight: 256,
-            max_inflight_bytes: 4 << 20,
+            max_inflight_bytes: 1 << 20,
             pre_vote: true,
             check_quorum: true,
             lease_reads: false,
