@@ -1414,6 +1414,7 @@ impl Runtime {
         let spawned = std::thread::Builder::new()
             .name(format!("weft-snap-{}", self.raw.id()))
             .spawn(move || {
+                in_the_background();
                 // The node may have stopped meanwhile; then nobody needs the bytes.
                 let _ = done.send((applied, state.snapshot()));
             });
@@ -1601,12 +1602,37 @@ impl RaftSettings {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10): snapshots are serialized,
+/// written and freed on threads of their own, hundreds of megabytes at a time for a large
+/// state, and on a machine with few cores that work must not take the core from the
+/// node's passes, whose delays peers count as silence.
+fn in_the_background() {
+    // SAFETY: gettid and setpriority only read their arguments; a thread may always lower
+    // its own priority.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE) != 0
+    };
+    if failed {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower a background thread's priority"
+        );
+    }
+}
+
+/// The nice value of the threads that serialize, write and free snapshots.
+const BACKGROUND_NICE: libc::c_int = 10;
+
 /// Drops `value` on a thread of its own: a large state or snapshot takes tens of
 /// milliseconds to free, which would count against the pass (and its peers' patience).
 fn drop_off_the_pass<T: Send + 'static>(value: T) {
     let spawned = std::thread::Builder::new()
         .name("weft-free".into())
-        .spawn(move || drop(value));
+        .spawn(move || {
+            in_the_background();
+            drop(value)
+        });
     if let Err(e) = spawned {
         // The closure, and the value with it, was dropped here instead.
         tracing::debug!(error = %e, "cannot start a thread to free memory; freed in the pass");
@@ -1759,6 +1785,7 @@ fn storage_loop(store: &Mutex<Box<dyn LogStore>>, transport: &dyn Transport, end
                         std::thread::Builder::new()
                             .name("weft-snap-file".into())
                             .spawn(move || {
+                                in_the_background();
                                 let _ = finished.send(write(&snap).map(|()| snap));
                             })
                             .map_err(|e| format!("cannot start a snapshot writer: {e}"))?;
