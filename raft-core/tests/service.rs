@@ -508,8 +508,12 @@ fn error_reply_or_nothing(bytes: &[u8], kind: ErrorKind) {
 }
 
 fn still_serves(addr: SocketAddr) {
-    let mut fresh = conn(addr);
-    match fresh.call(Request::Diagnostic, WAIT).unwrap() {
+    answers_diagnostic(&mut conn(addr));
+}
+
+/// The node behind `c` answers a diagnostic on it.
+fn answers_diagnostic(c: &mut Connection) {
+    match c.call(Request::Diagnostic, WAIT).unwrap() {
         Reply::Status { .. } => {}
         other => panic!("{other:?}"),
     }
@@ -1029,10 +1033,7 @@ fn a_partial_length_prefix_is_closed_after_the_frame_timeout() {
         "closed after {took:?}"
     );
     std::thread::sleep(Duration::from_millis(400));
-    match idle.call(Request::Diagnostic, WAIT).unwrap() {
-        Reply::Status { .. } => {}
-        other => panic!("{other:?}"),
-    }
+    answers_diagnostic(&mut idle);
 }
 
 /// Past `max_connections` a new connection is answered `Busy` and closed; once one
@@ -1045,10 +1046,7 @@ fn connections_past_the_maximum_are_refused_busy() {
     let server = serve(cfg, c.handle(c.leader())).unwrap();
     let mut held: Vec<Connection> = (0..4).map(|_| conn(server.local_addr())).collect();
     for h in &mut held {
-        assert!(matches!(
-            h.call(Request::Diagnostic, WAIT).unwrap(),
-            Reply::Status { .. }
-        ));
+        answers_diagnostic(h);
     }
     let mut extra = raw(server.local_addr());
     error_reply_or_nothing(&read_until_closed(&mut extra), ErrorKind::Busy);
