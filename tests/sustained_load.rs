@@ -233,7 +233,12 @@ fn notable(cluster: &LocalCluster) -> String {
             cluster
                 .log(id)
                 .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains(" state "))
+                .filter(|l| {
+                    l.contains("WARN")
+                        || l.contains("ERROR")
+                        || l.contains(" state ")
+                        || l.contains("snapshot")
+                })
                 .map(|l| format!("node {id}: {l}"))
                 .collect::<Vec<_>>()
         })

@@ -1,13 +1,16 @@
-//! A stalled member on the Data Vortex fabric: three `weft node` processes attached to a
-//! `weft vortex-switch` process, one follower stopped (SIGSTOP). The switch evicts it after
-//! its barrier deadline, so the leader and the other follower keep committing with short
+//! Stalled and foreign members on the Data Vortex fabric: `weft node` processes attached
+//! to a `weft vortex-switch` process. A follower stopped (SIGSTOP) is evicted after its
+//! barrier deadline, so the leader and the other follower keep committing with short
 //! latencies; when the follower is continued (SIGCONT) it attaches again under its id,
-//! catches up, and does not disrupt the leader. Bounded at about 20 s.
+//! catches up, and does not disrupt the leader. A process that attaches under a member's
+//! id and never enters a barrier is evicted the same way, and an id outside the members is
+//! refused. Each test is bounded at about 20 s.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hw_sim::vortex::{DvError, Endpoint};
 use weft::local_cluster::{Fabric, LocalCluster};
 use weft_raft::client::Client;
 
@@ -120,5 +123,42 @@ fn a_stopped_follower_does_not_stall_the_vortex_cluster_and_catches_up_when_cont
     assert!(
         log.contains("attached to the fabric again"),
         "the follower rejoined through a new attachment:\n{log}"
+    );
+}
+
+/// A four-member fabric with three nodes running: the fourth id is taken by a process that
+/// never enters a barrier, which the switch evicts instead of holding every epoch for it,
+/// so the cluster keeps committing; an id outside the members cannot attach at all.
+#[test]
+fn a_silent_member_and_a_stranger_do_not_stop_the_vortex_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::create(dir.path(), &exe(), 4, 3, Fabric::Vortex).unwrap();
+    for id in 1..=3 {
+        cluster.start(id).unwrap();
+    }
+    cluster.leader(Duration::from_secs(15)).expect("a leader");
+    let fabric = format!("unix:{}", dir.path().join("switch.sock").display());
+    match Endpoint::open(&fabric, 9) {
+        Err(DvError::Denied) => {}
+        other => panic!("a stranger's attachment: {:?}", other.map(|_| ())),
+    }
+    let silent = Endpoint::open(&fabric, 4).expect("member 4 attaches");
+    let mut client = cluster.client(Duration::from_secs(5)).unwrap();
+    let mut latencies = timed_puts(&mut client, "silent", Duration::from_secs(2));
+    let puts = latencies.len();
+    let p99 = quantile(&mut latencies, 0.99);
+    let max = quantile(&mut latencies, 1.0);
+    eprintln!("a silent member attached: {puts} puts in 2 s, p99 {p99:?}, max {max:?}");
+    assert!(puts >= 100, "only {puts} puts committed");
+    assert!(
+        p99 < Duration::from_millis(100),
+        "p99 {p99:?} (max {max:?})"
+    );
+    assert!(
+        matches!(
+            silent.barrier(Some(Duration::from_millis(10))),
+            Err(DvError::Closed)
+        ),
+        "the silent member was evicted"
     );
 }

@@ -953,7 +953,17 @@ impl Runtime {
             Event::Snapshot(s) => {
                 self.snapshot = None;
                 if let Some((index, data)) = s {
+                    let began = Instant::now();
                     self.on_snapshot_taken(index, data)?;
+                    let took = began.elapsed();
+                    if took > self.tick * SLOW_PASS_TICKS {
+                        tracing::warn!(
+                            node = %self.raw.id(),
+                            index,
+                            took_ms = took.as_millis() as u64,
+                            "slow compaction into a snapshot"
+                        );
+                    }
                 }
             }
             Event::Pass => {}
@@ -1098,8 +1108,17 @@ impl Runtime {
                     && p.bytes() <= INLINE_PERSIST_BYTES
                     && self.sync_time.recent() < INLINE_SYNC_MAX =>
             {
+                let log = Arc::clone(&self.store);
                 {
-                    let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut store = match log.try_lock() {
+                        Ok(store) => store,
+                        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                        // The storage thread holds the log (recording a snapshot, say):
+                        // a pass never waits for it.
+                        Err(TryLockError::WouldBlock) => {
+                            return self.hand_to_storage(StoreJob::Persist(p))
+                        }
+                    };
                     p.write_to(&mut **store)?;
                     if p.sync {
                         let began = Instant::now();
@@ -1323,7 +1342,8 @@ impl Runtime {
             if let Some(s) = &rd.snapshot {
                 let restored = KvStore::restore(&s.data)
                     .map_err(|e| format!("snapshot from the leader is unreadable: {e}"))?;
-                drop_off_the_pass(std::mem::replace(&mut self.kv, restored));
+                let released = self.raw.take_released();
+                drop_off_the_pass((std::mem::replace(&mut self.kv, restored), released));
                 self.last_snapshot_bytes = s.data.len() as u64;
                 self.bytes_since_snapshot = 0;
             }
@@ -1441,7 +1461,7 @@ impl Runtime {
         // state's bytes: freeing hundreds of megabytes takes tens of milliseconds.
         let replaced = self.raw.snapshot().map(|s| s.data.clone());
         let snap = self.raw.compact(index, data).map_err(|e| e.to_string())?;
-        drop_off_the_pass(replaced);
+        drop_off_the_pass((replaced, self.raw.take_released()));
         self.last_snapshot_bytes = snap.data.len() as u64;
         self.hand_to_storage(StoreJob::Compact(snap))
     }

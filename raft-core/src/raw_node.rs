@@ -200,6 +200,12 @@ impl RawNode {
         self.raft.compact(index, data)
     }
 
+    /// The entries the last compaction ([`RawNode::compact`]) or snapshot install let go
+    /// of, to be freed where the caller likes (see [`crate::log::RaftLog::take_released`]).
+    pub fn take_released(&mut self) -> Vec<Entry> {
+        self.raft.log.take_released()
+    }
+
     /// The latest snapshot: taken here or installed from the leader.
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.raft.snapshot.as_ref()

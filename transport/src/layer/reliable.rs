@@ -8,7 +8,10 @@
 //! Each message is delivered upward once, as soon as it arrives (ordering is `fifo`'s job,
 //! so a loss does not hold up the frames behind it here). At most `window` messages per
 //! peer are unacknowledged; the stack refuses a send beyond that with `WindowFull`, so
-//! memory is bounded and nothing accepted is silently dropped. Unacknowledged frames are
+//! memory is bounded and nothing accepted is silently dropped. Small one-frame messages
+//! ([`CONTROL_BYTES`] at most) may also use [`CONTROL_RESERVE`] frames past the window:
+//! a backlog of bulk data (a follower catching up) must not refuse the heartbeats and
+//! votes behind it, or the peer it is for takes the silence for a failure. Unacknowledged frames are
 //! resent after the retransmission timeout, doubling per retry up to `max_rto`.
 //!
 //! Restarts: an ack carries the receiver's incarnation. When it grows, the receiver lost
@@ -32,6 +35,12 @@ pub const DATA: u8 = 0x20;
 pub const ACK: u8 = 0x21;
 /// Bytes this layer adds to a data frame.
 pub const OVERHEAD: usize = 17;
+
+/// Frames past the window that only small messages may use.
+pub const CONTROL_RESERVE: usize = 64;
+
+/// The largest message that may use the [`CONTROL_RESERVE`].
+pub const CONTROL_BYTES: usize = 512;
 
 #[derive(Debug, Clone)]
 struct Pending {
@@ -111,6 +120,14 @@ impl Reliable {
         self.out
             .get(peer)
             .map(|o| self.window.saturating_sub(o.pending.len()))
+    }
+
+    /// Room left to `peer` for a small message ([`CONTROL_BYTES`] at most), which may
+    /// also use the [`CONTROL_RESERVE`].
+    pub fn control_room(&self, peer: NodeId) -> Option<usize> {
+        self.out
+            .get(peer)
+            .map(|o| (self.window + CONTROL_RESERVE).saturating_sub(o.pending.len()))
     }
 
     /// The window size.
@@ -207,7 +224,7 @@ impl Reliable {
     }
 
     fn on_data(&mut self, from: NodeId, stream: u64, seq: u64, inner: Bytes, ctx: &mut Ctx<'_>) {
-        let window = self.window as u64;
+        let window = (self.window + CONTROL_RESERVE) as u64;
         let Some(inb) = self.inb.get_mut(from) else {
             Counters::bump(&ctx.counters.rejected_unknown_source);
             return;
@@ -390,6 +407,24 @@ mod tests {
             ctx.up.into_iter().map(|(_, m)| m).collect(),
             ctx.down.into_iter().map(|(_, f)| f).collect(),
         )
+    }
+
+    /// A full window leaves the reserve to small messages, and the receiver takes frames
+    /// that far ahead: a heartbeat behind a backlog of bulk data still goes through.
+    #[test]
+    fn the_reserve_past_a_full_window_is_sent_and_taken() {
+        let c = Counters::default();
+        let t0 = Instant::now();
+        let mut tx = layer(B, 1);
+        let mut rx = layer(A, 2);
+        let msgs: [&'static [u8]; 5] = [b"0", b"1", b"2", b"3", b"4"];
+        let frames: Vec<Bytes> = msgs.iter().map(|m| send(&mut tx, m, t0, &c)).collect();
+        assert_eq!(tx.room(B), Some(0), "a window of 4 is full");
+        assert_eq!(tx.control_room(B), Some(CONTROL_RESERVE - 1));
+        // The fifth frame arrives first, four past what the receiver has: taken.
+        let (got, _) = recv(&mut rx, A, frames[4].clone(), t0, &c);
+        assert_eq!(got, vec![&b"4"[..]]);
+        assert_eq!(c.snapshot().overflow_dropped, 0);
     }
 
     #[test]

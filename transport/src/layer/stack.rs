@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::auth::Auth;
 use super::fifo::Fifo;
 use super::fragment::{self, Fragment};
-use super::reliable::Reliable;
+use super::reliable::{self, Reliable};
 use super::{Ctx, Layer};
 use crate::{
     Capabilities, ClusterKey, Counters, Dest, LayerKind, LayerTuning, NodeId, OpenError,
@@ -187,10 +187,12 @@ impl StackBuilder {
                     lossy_below,
                     t.gap_timeout,
                 )),
+                // The hold-back buffer covers everything the reliable layer may have
+                // unacknowledged, its reserve for small messages included.
                 LayerKind::Fifo => AnyLayer::Fifo(Fifo::new(
                     &peers,
                     incarnation,
-                    t.window,
+                    t.window + reliable::CONTROL_RESERVE,
                     lossy_below,
                     t.gap_timeout,
                 )),
@@ -342,7 +344,12 @@ impl Stack {
         let mut skipped = Vec::new();
         for target in targets {
             if let (Dest::Node(peer), Some(rel)) = (target, self.reliable()) {
-                if rel.room(peer).unwrap_or(0) < frames {
+                let room = if frames == 1 && msg.len() <= reliable::CONTROL_BYTES {
+                    rel.control_room(peer)
+                } else {
+                    rel.room(peer)
+                };
+                if room.unwrap_or(0) < frames {
                     if dest == Dest::All {
                         skipped.push(peer);
                         continue;
