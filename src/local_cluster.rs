@@ -322,6 +322,29 @@ impl LocalCluster {
         Ok(Client::new(cfg)?)
     }
 
+    /// Waits up to `within` until node `id` has applied what the leader had committed when
+    /// this was called; returns that index, or says how far the node got.
+    pub fn wait_caught_up(&self, id: u32, within: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + within;
+        let probe = self.client(within)?;
+        let (leader, _) = self
+            .leader(within)
+            .ok_or_else(|| anyhow::anyhow!("no leader within {within:?}"))?;
+        let target = probe.status_of(self.client_addr(leader))?.commit;
+        loop {
+            let applied = probe
+                .status_of(self.client_addr(id))
+                .map_or(0, |s| s.applied);
+            if applied >= target {
+                return Ok(target);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("node {id} applied {applied} of {target} after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The running node that reports itself leader, with its term, waiting up to `within`.
     pub fn leader(&self, within: Duration) -> Option<(u32, u64)> {
         let probe = self.client(within).ok()?;

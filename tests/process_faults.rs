@@ -377,7 +377,9 @@ fn a_frozen_follower_stops_nothing_and_catches_up_when_woken() {
         std::thread::sleep(Duration::from_millis(800));
         cluster.freeze(follower, false).unwrap();
         healed.push(commits_after_heal(&cluster, "SIGSTOP of a follower"));
-        caught_up(&cluster, follower, Duration::from_secs(5));
+        cluster
+            .wait_caught_up(follower, Duration::from_secs(5))
+            .unwrap();
     }
     load.finish(&cluster);
     report(
@@ -387,27 +389,6 @@ fn a_frozen_follower_stops_nothing_and_catches_up_when_woken() {
         &frozen,
         Passes::Reported,
     );
-}
-
-/// Waits until node `id` has applied what the leader had committed when this was called.
-fn caught_up(cluster: &LocalCluster, id: u32, within: Duration) {
-    let probe = cluster.client(within).unwrap();
-    let (leader, _) = cluster.leader(within).expect("a leader");
-    let target = probe.status_of(cluster.client_addr(leader)).unwrap().commit;
-    let deadline = Instant::now() + within;
-    loop {
-        let applied = probe
-            .status_of(cluster.client_addr(id))
-            .map_or(0, |s| s.applied);
-        if applied >= target {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {id} applied {applied} of {target} after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Cuts a node's UDP port off from every peer with iptables rules, removed on drop.
@@ -486,7 +467,9 @@ fn a_partitioned_leader_rejoins_and_catches_up_without_long_passes() {
         std::thread::sleep(Duration::from_millis(2000));
         drop(cut);
         healed.push(commits_after_heal(&cluster, "partition of the leader"));
-        caught_up(&cluster, leader, Duration::from_secs(10));
+        cluster
+            .wait_caught_up(leader, Duration::from_secs(10))
+            .unwrap();
     }
     load.finish(&cluster);
     report(
@@ -765,7 +748,7 @@ fn a_follower_whose_disk_fills_stops_and_rejoins_once_it_has_room() {
     disk.grow("256m");
     cluster.start(3).unwrap();
     healed.push(commits_after_heal(&cluster, "disk full"));
-    caught_up(&cluster, 3, Duration::from_secs(10));
+    cluster.wait_caught_up(3, Duration::from_secs(10)).unwrap();
     load.finish(&cluster);
     report(
         &cluster,

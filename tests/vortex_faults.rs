@@ -97,25 +97,10 @@ fn a_stopped_follower_does_not_stall_the_vortex_cluster_and_catches_up_when_cont
     );
 
     // The follower attaches again and applies everything the leader has committed.
-    let probe = cluster.client(Duration::from_secs(2)).unwrap();
-    let target = probe
-        .status_of(cluster.client_addr(leader))
-        .expect("the leader's status")
-        .commit;
-    let deadline = resumed + CATCH_UP;
-    let caught_up = loop {
-        if let Ok(s) = probe.status_of(cluster.client_addr(follower)) {
-            if s.commit >= target && s.applied >= target {
-                break resumed.elapsed();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "follower {follower} did not apply index {target} within {CATCH_UP:?}; log:\n{}",
-            cluster.log(follower)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let target = cluster
+        .wait_caught_up(follower, CATCH_UP)
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", cluster.log(follower)));
+    let caught_up = resumed.elapsed();
     eprintln!(
         "after the resume: first write in {first_write:?}, follower applied index {target} after {caught_up:?}"
     );
