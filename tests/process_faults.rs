@@ -696,8 +696,18 @@ impl Drop for SmallDisk {
 /// up, and a write commits within two election timeouts.
 #[test]
 fn a_follower_whose_disk_fills_stops_and_rejoins_once_it_has_room() {
+    disk_full(Fabric::Udp);
+}
+
+/// The same on the Data Vortex emulator.
+#[test]
+fn a_follower_whose_disk_fills_on_the_vortex_fabric_rejoins_once_it_has_room() {
+    disk_full(Fabric::Vortex);
+}
+
+fn disk_full(fabric: Fabric) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::create(dir.path(), &exe(), 3, 3, Fabric::Udp).unwrap();
+    let mut cluster = LocalCluster::create(dir.path(), &exe(), 3, 3, fabric).unwrap();
     let data = weft::default_data_dir(cluster.config(), 3);
     let disk = match SmallDisk::mount(&data, "3m") {
         Ok(d) => d,
@@ -752,7 +762,7 @@ fn a_follower_whose_disk_fills_stops_and_rejoins_once_it_has_room() {
     load.finish(&cluster);
     report(
         &cluster,
-        "disk full on a follower",
+        &format!("disk full on a follower ({fabric:?})"),
         &healed,
         &[],
         Passes::Bounded,
