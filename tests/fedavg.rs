@@ -1,4 +1,4 @@
-//! Federated averaging on weft (issue 10): the aggregator killed mid-round at the process
+//! Federated averaging on weft: the aggregator killed mid-round at the process
 //! level, and submissions the aggregator must refuse. Each test is bounded (the process
 //! runs are killed after 90 s; together they take a few seconds in a debug build).
 
