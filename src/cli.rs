@@ -188,7 +188,7 @@ pub struct LearnArgs {
     /// Where to save the protocol (a `.dot` and, with Graphviz, an `.svg` go beside it).
     #[arg(long, default_value = "protocol.json")]
     pub out: PathBuf,
-    /// Instead of one protocol, run the measurement matrix (paper over 10 seeds;
+    /// Instead of one protocol, run the measurement matrix (paper over 10 seeds;
     /// nbac t = 1 and 2 for n = 3, 4, 5 by each method; Z3 verification times; how far a
     /// symmetric table learned at n = 3, or at 3 and 4, extrapolates) and write it to this
     /// JSON file.

@@ -131,7 +131,7 @@ fn paper_protocol(targets: Targets) {
     assert_eq!(again.progress.episode, report.progress.episode);
 }
 
-/// The target, run on demand in release: `WEFT_LEARN_SEEDS=10 cargo test -p
+/// The target, run on demand in release: `WEFT_LEARN_SEEDS=10 cargo test -p
 /// commit-learn --release --test dqn -- --ignored seeds --nocapture`.
 #[test]
 #[ignore = "takes minutes in a debug build; a release-mode report (see the doc comment)"]

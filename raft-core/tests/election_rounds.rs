@@ -4,7 +4,7 @@
 //! deadline, no epochs, a few copies late) and on an ordinary one (UDP-like: independent
 //! delays of 1–3 steps), with the same timeouts. Counts the terms each election used.
 //!
-//! The target: on the ordered fabric one round in at least 99.9 % of trials and
+//! The target: on the ordered fabric one round in at least 99.9 % of trials and
 //! never more than 3. `WEFT_ELECTION_TRIALS` sets the number of leader crashes per fabric
 //! (1,000 by default; the closing note quotes a release run of 10,000).
 

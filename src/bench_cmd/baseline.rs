@@ -89,7 +89,7 @@ enum EchoServer {
 }
 
 impl Baseline {
-    /// Loopback round trip plus one fdatasync, medians, in nanoseconds: the floor.
+    /// Loopback round trip plus one fdatasync, medians, in nanoseconds: the latency floor.
     pub fn floor_ns(&self) -> u64 {
         self.tcp_round_trip.p50_ns + self.fdatasync.p50_ns
     }
