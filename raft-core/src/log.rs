@@ -126,21 +126,28 @@ impl RaftLog {
 
     /// Entries from `lo` up to `hi` inclusive, at most `max_entries` of them, stopping
     /// early once `max_bytes` is passed (at least one entry is returned when any is
-    /// available). Only what is returned is cloned, so the cost follows the smaller limit.
-    pub fn slice(&self, lo: Index, hi: Index, max_bytes: usize, max_entries: usize) -> Vec<Entry> {
+    /// available), and their [`Entry::size`]s summed. Only what is returned is cloned, so
+    /// the cost follows the smaller limit.
+    pub fn slice(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> (Vec<Entry>, usize) {
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut i = lo.max(self.first_index());
         while i <= hi.min(self.last_index()) && out.len() < max_entries {
             let e = self.entry(i).expect("within bounds");
-            bytes += e.size();
-            if !out.is_empty() && bytes > max_bytes {
+            if !out.is_empty() && bytes + e.size() > max_bytes {
                 break;
             }
+            bytes += e.size();
             out.push(e.clone());
             i += 1;
         }
-        out
+        (out, bytes)
     }
 
     /// Whether a candidate's log (`last_index`, `last_term`) is at least as up to date as
@@ -227,6 +234,7 @@ impl RaftLog {
     /// Entries not yet handed to storage.
     pub fn unstable(&self) -> Vec<Entry> {
         self.slice(self.taken + 1, self.last_index(), usize::MAX, usize::MAX)
+            .0
     }
 
     /// Entries committed but not yet handed to the application, at most `max` of them
@@ -234,6 +242,7 @@ impl RaftLog {
     /// does not hold one pass of the node for its whole length.
     pub fn to_apply(&self, max: usize) -> Vec<Entry> {
         self.slice(self.applied + 1, self.committed, usize::MAX, max)
+            .0
     }
 
     /// Installs a snapshot received from the leader (§7). If our entry at the snapshot's
@@ -315,11 +324,15 @@ mod tests {
     #[test]
     fn a_slice_stops_at_whichever_limit_comes_first() {
         let l = log_of(&[1; 10_000]);
-        assert_eq!(l.slice(1, 10_000, usize::MAX, 100).len(), 100);
+        assert_eq!(l.slice(1, 10_000, usize::MAX, 100).0.len(), 100);
         // Each empty entry counts 24 bytes: the byte limit stops it after 10.
-        assert_eq!(l.slice(1, 10_000, 240, 100).len(), 10);
-        assert_eq!(l.slice(1, 10_000, 1, 100).len(), 1, "one entry always goes");
-        assert_eq!(l.slice(9_999, 10_000, usize::MAX, 100).len(), 2);
+        assert_eq!(l.slice(1, 10_000, 240, 100).0.len(), 10);
+        assert_eq!(
+            l.slice(1, 10_000, 1, 100).0.len(),
+            1,
+            "one entry always goes"
+        );
+        assert_eq!(l.slice(9_999, 10_000, usize::MAX, 100).0.len(), 2);
     }
 
     #[test]
@@ -355,7 +368,7 @@ mod tests {
         assert_eq!(l.term(2), Some(1));
         assert_eq!(l.term(1), None);
         assert_eq!(l.first_index(), 3);
-        assert_eq!(l.slice(1, 4, usize::MAX, usize::MAX).len(), 2);
+        assert_eq!(l.slice(1, 4, usize::MAX, usize::MAX).0.len(), 2);
         assert_eq!(
             l.append_from_leader(1, 1, &[e(1, 2), e(2, 3), e(3, 4), e(3, 5)]),
             Ok(5)

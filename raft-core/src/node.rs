@@ -1026,7 +1026,7 @@ impl Runtime {
             if batch[0] == PASS_DELIVERIES
                 || delivered >= PASS_DELIVERED_BYTES
                 || self.raw.queued_append_bytes() >= PASS_SEND_BYTES
-                || woke.elapsed() >= self.tick / PASS_SHARE_OF_TICK
+                || self.spent(woke)
             {
                 left = true;
                 break;
@@ -1038,7 +1038,7 @@ impl Runtime {
         }
         self.drain_backlog()?;
         while self.backlog.is_empty() {
-            if batch[2] == PASS_REQUESTS || woke.elapsed() >= self.tick / PASS_SHARE_OF_TICK {
+            if batch[2] == PASS_REQUESTS || self.spent(woke) {
                 left = !self.requests.is_empty();
                 break;
             }
@@ -1080,6 +1080,11 @@ impl Runtime {
         Ok(())
     }
 
+    /// Whether the pass that began at `woke` has had its share of a tick.
+    fn spent(&self, woke: Instant) -> bool {
+        woke.elapsed() >= self.tick / PASS_SHARE_OF_TICK
+    }
+
     /// The storage thread's report: entries and hard state now durable.
     fn on_stored(&mut self, s: Stored) -> Result<(), String> {
         match s {
@@ -1105,8 +1110,8 @@ impl Runtime {
             StoreJob::Persist(p)
                 if idle
                     && self.raw.role() == Role::Follower
-                    && p.bytes() <= INLINE_PERSIST_BYTES
-                    && self.sync_time.recent() < INLINE_SYNC_MAX =>
+                    && self.sync_time.recent() < INLINE_SYNC_MAX
+                    && p.bytes() <= INLINE_PERSIST_BYTES =>
             {
                 let log = Arc::clone(&self.store);
                 {
@@ -1333,7 +1338,7 @@ impl Runtime {
             if !self.raw.has_ready() {
                 return Ok(false);
             }
-            if i > 0 && woke.elapsed() >= self.tick / PASS_SHARE_OF_TICK {
+            if i > 0 && self.spent(woke) {
                 return Ok(true);
             }
             let rd = self.raw.ready();
@@ -1731,10 +1736,6 @@ enum Stored {
     Failed(String),
 }
 
-/// The storage thread: writes what the node hands it, in order, every job queued behind
-/// the previous sync with one sync (group commit), then sends the messages that had to
-/// wait for it and reports what is durable. A batch that only moves the commit index is
-/// written without a sync (see [`Ready::must_sync`]).
 /// What the storage thread talks to besides the store and the transport.
 struct StorageEnds<'a> {
     jobs: &'a Receiver<StoreJob>,
@@ -1743,6 +1744,10 @@ struct StorageEnds<'a> {
     sync_time: &'a SyncTime,
 }
 
+/// The storage thread: writes what the node hands it, in order, every job queued behind
+/// the previous sync with one sync (group commit), then sends the messages that had to
+/// wait for it and reports what is durable. A batch that only moves the commit index is
+/// written without a sync (see [`Ready::must_sync`]).
 fn storage_loop(store: &Mutex<Box<dyn LogStore>>, transport: &dyn Transport, ends: StorageEnds) {
     let StorageEnds {
         jobs,

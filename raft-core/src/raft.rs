@@ -734,7 +734,7 @@ impl Raft {
             self.start_snapshot(to);
             return None;
         };
-        let entries = self.log.slice(
+        let (entries, bytes) = self.log.slice(
             next,
             self.log.last_index(),
             self.cfg.max_bytes_per_append,
@@ -744,7 +744,6 @@ impl Raft {
             return None;
         }
         let last = entries.last().map(|e| e.index);
-        let bytes = entries.iter().map(Entry::size).sum();
         let commit = self.log.committed;
         let term = self.term;
         self.send(
