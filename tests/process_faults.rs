@@ -294,6 +294,14 @@ fn kill_nine_on_the_ptp_fabric_loses_no_acknowledged_write() {
     kill_nine(Fabric::Ptp);
 }
 
+/// The leader at the start of fault round `round`.
+fn leader_of_round(cluster: &LocalCluster, round: u32) -> u32 {
+    match cluster.leader(Duration::from_secs(10)) {
+        Some((leader, _)) => leader,
+        None => panic!("round {round}: no leader"),
+    }
+}
+
 fn kill_nine(fabric: Fabric) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = running(dir.path(), 3, 3, fabric);
@@ -302,9 +310,7 @@ fn kill_nine(fabric: Fabric) {
     // Kill the leader, then a follower, then the leader again..., restarting each.
     for round in 0..4 {
         std::thread::sleep(Duration::from_millis(1500));
-        let Some((leader, _)) = cluster.leader(Duration::from_secs(10)) else {
-            panic!("round {round}: no leader")
-        };
+        let leader = leader_of_round(&cluster, round);
         let victim = if round % 2 == 0 {
             leader
         } else {
@@ -336,9 +342,7 @@ fn a_frozen_leader_that_wakes_up_answers_nothing_stale() {
     let (mut healed, mut frozen) = (Vec::new(), Vec::new());
     for round in 0..4 {
         std::thread::sleep(Duration::from_millis(1000));
-        let Some((leader, _)) = cluster.leader(Duration::from_secs(10)) else {
-            panic!("round {round}: no leader")
-        };
+        let leader = leader_of_round(&cluster, round);
         cluster.freeze(leader, true).unwrap();
         frozen.push(leader);
         std::thread::sleep(Duration::from_millis(700));
@@ -366,9 +370,7 @@ fn a_frozen_follower_stops_nothing_and_catches_up_when_woken() {
     let (mut healed, mut frozen) = (Vec::new(), Vec::new());
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(700));
-        let Some((leader, _)) = cluster.leader(Duration::from_secs(10)) else {
-            panic!("round {round}: no leader")
-        };
+        let leader = leader_of_round(&cluster, round);
         let follower = leader % 3 + 1;
         cluster.freeze(follower, true).unwrap();
         frozen.push(follower);
@@ -453,9 +455,7 @@ fn a_partitioned_leader_rejoins_and_catches_up_without_long_passes() {
     let mut healed = Vec::new();
     for round in 0..2 {
         std::thread::sleep(Duration::from_millis(700));
-        let Some((leader, _)) = cluster.leader(Duration::from_secs(10)) else {
-            panic!("round {round}: no leader")
-        };
+        let leader = leader_of_round(&cluster, round);
         let cut = match Cut::port(peer_addr(&cluster, leader)) {
             Ok(cut) => cut,
             Err(why) => {
